@@ -1,0 +1,3 @@
+from mirroralign.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,135 @@
+"""The `mirroralign` command line. Bad input: one line on stderr, exit code 2, nothing written."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mirroralign.errors import DataError, UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse prints usage plus the error; we keep it to one line
+        raise UsageError(message)
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="quick", help="tiny | quick | standard | full")
+    p.add_argument("--config", help="YAML file validated against the typed config")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. env.image_size=48")
+
+
+def _load(args, flags: dict) -> "Config":  # noqa: F821
+    from mirroralign.config import load_config
+
+    overrides = [f"{k}={v}" for k, v in flags.items() if v is not None]
+    return load_config(args.preset, args.config, [*overrides, *args.overrides])
+
+
+def cmd_suites(args) -> int:
+    from mirroralign.suites import suites_json
+
+    suites = suites_json()
+    if args.json:
+        print(json.dumps(suites, indent=1))
+    else:
+        for name, variations in suites.items():
+            tasks = {v["task"] for v in variations}
+            print(f"{name}: {len(tasks)} tasks, {len(variations)} variations")
+            for v in variations:
+                print(f"  {v['id']:<28} {v['instruction']}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from mirroralign.data.generate import generate
+
+    tasks = None if args.tasks is None else "[" + args.tasks + "]"
+    config = _load(args, {"data.suite": args.suite, "data.episodes": args.episodes, "data.workers": args.workers,
+                          "data.seed": args.seed, "data.tasks": tasks})
+    root = generate(config, args.out)
+    print(f"dataset: {root}")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from mirroralign.data.store import MANIFEST, EpisodeStore
+
+    root = Path(args.dir)
+    if not (root / MANIFEST).is_file():
+        raise UsageError(f"not a mirroralign dataset (no {MANIFEST}): {root}")
+    store = EpisodeStore(root)
+    damaged = store.verify()
+    for eid, files in damaged.items():
+        print(f"damaged episode {eid}: {', '.join(files)}", file=sys.stderr)
+    n = len(store.episodes)
+    if damaged:
+        print(f"verify: {len(damaged)} of {n} episodes damaged in {root}", file=sys.stderr)
+        return 1
+    print(f"verify: all {n} episodes match their checksums ({root})")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from mirroralign.config import load_config
+    from mirroralign.data.generate import generate
+    from mirroralign.data.store import EpisodeStore
+
+    config = load_config(args.preset)
+    out = Path(args.out)
+    root = generate(config, out / "data")
+    damaged = EpisodeStore(root).verify()
+    if damaged:
+        raise DataError(f"demo dataset failed verification: {', '.join(damaged)}")
+    print(f"demo dataset ({config.preset} preset) generated and verified: {root}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="mirroralign", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("suites", help="list the task suites and their variations")
+    p.add_argument("--json", action="store_true", help="print every suite as JSON")
+    p.set_defaults(func=cmd_suites)
+
+    p = sub.add_parser("generate", help="collect scripted-expert episodes (resumable)")
+    p.add_argument("--suite")
+    p.add_argument("--tasks", help="comma-separated subset of the suite's tasks")
+    p.add_argument("--episodes", type=int, help="successful episodes per variation")
+    p.add_argument("--workers", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out", required=True)
+    _config_args(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("verify", help="check every stored file against its checksum")
+    p.add_argument("dir")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("demo", help="run the whole chain on a small preset and print where the result is")
+    p.add_argument("--out", default="mirroralign-demo")
+    p.add_argument("--preset", default="quick")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv=None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except UsageError as err:
+        print(f"mirroralign: error: {err}", file=sys.stderr)
+        return 2
+    except DataError as err:
+        print(f"mirroralign: data error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("mirroralign: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Expert data: generation, the on-disk store, torch datasets."""

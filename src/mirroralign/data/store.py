@@ -1,0 +1,167 @@
+"""The on-disk episode store.
+
+    DIR/config.json                      the dataset's identity, written first (a resumed run must match)
+    DIR/episodes/<variation>/<split>-<k>.zarr/   one episode: a zarr v3 group, written under a temporary
+                                         name and renamed into place, so it is either whole or absent
+        meta.json                        variation, scene seed, length, and the sha256 of every file
+    DIR/attempts/<variation>/<split>-<k>.json    an expert failure (counted in the manifest)
+    DIR/manifest.json                    written last: config, variations, splits, episodes, checksums
+
+Chunks carry zarr's crc32c codec, so a damaged chunk never decodes silently; the per-file sha256 in the
+manifest additionally covers metadata and lets `verify` check a dataset without decoding it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, Crc32cCodec
+
+from mirroralign.envs.base import Variation
+from mirroralign.errors import DataError
+
+FORMAT = "mirroralign-dataset"
+VERSION = 1
+MANIFEST = "manifest.json"
+CONFIG = "config.json"
+META = "meta.json"
+EPISODES = "episodes"
+ATTEMPTS = "attempts"
+SPLITS = ("train", "val", "test")
+CHUNK_FRAMES = 32
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write JSON under a temporary name, flush it to disk, then rename: readers see old or new, never half."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_json(path: Path, what: str) -> dict:
+    try:
+        with open(path) as f:
+            obj = json.load(f)
+    except FileNotFoundError:
+        raise DataError(f"{what} missing: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{what} damaged: {path} ({err})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{what} damaged: {path} (not a JSON object)")
+    return obj
+
+
+def _codec(dtype) -> list:
+    shuffle = "bitshuffle" if np.dtype(dtype).itemsize == 1 else "shuffle"
+    return [BloscCodec(cname="zstd", clevel=3, shuffle=shuffle), Crc32cCodec()]
+
+
+def episode_path(root: Path, episode_id: str) -> Path:
+    return Path(root) / EPISODES / f"{episode_id}.zarr"
+
+
+def write_episode(root: Path, episode_id: str, arrays: dict[str, np.ndarray], meta: dict) -> dict:
+    """Write one episode atomically; returns its meta (with the checksum of every file)."""
+    final = episode_path(root, episode_id)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        group = zarr.open_group(tmp, mode="w")
+        for name, arr in arrays.items():
+            chunks = (min(CHUNK_FRAMES, max(1, arr.shape[0])), *arr.shape[1:])
+            z = group.create_array(name, shape=arr.shape, chunks=chunks, dtype=arr.dtype, compressors=_codec(arr.dtype))
+            z[...] = arr
+        files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        meta = {**meta, "id": episode_id, "files": files}
+        write_json_atomic(tmp / META, meta)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / META).is_file():  # not a finished twin from an earlier, killed run
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return meta
+
+
+def check_episode_files(root: Path, episode_id: str, files: dict[str, str]) -> list[str]:
+    """Names of the episode's files that are missing or whose sha256 differs from the record."""
+    base = episode_path(root, episode_id)
+    bad = []
+    for rel, digest in files.items():
+        p = base / rel
+        if not p.is_file() or sha256_file(p) != digest:
+            bad.append(str(p))
+    return bad
+
+
+class EpisodeStore:
+    """A finished dataset: its manifest, and verified reads of its episodes."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        if not (self.root / MANIFEST).is_file():
+            raise DataError(f"not a mirroralign dataset (no {MANIFEST}): {self.root}")
+        m = read_json(self.root / MANIFEST, "manifest")
+        if m.get("format") != FORMAT or m.get("version") != VERSION:
+            raise DataError(f"not a {FORMAT} v{VERSION} manifest: {self.root / MANIFEST}")
+        try:
+            self.manifest = m
+            self.config = m["config"]
+            self.variations = [Variation.from_dict(v) for v in m["variations"]]
+            self.episodes: dict[str, dict] = m["episodes"]
+            self.splits: dict[str, list[str]] = m["splits"]
+        except (KeyError, TypeError, ValueError) as err:
+            raise DataError(f"manifest damaged: {self.root / MANIFEST} (bad field {err})") from None
+        self.variation_index = {v.id: i for i, v in enumerate(self.variations)}
+
+    def episode_ids(self, split: str | None = None) -> list[str]:
+        if split is None:
+            return sorted(self.episodes)
+        if split not in self.splits:
+            raise DataError(f"dataset {self.root} has no split {split!r}")
+        return list(self.splits[split])
+
+    def damaged_files(self, episode_id: str) -> list[str]:
+        entry = self.episodes[episode_id]
+        return check_episode_files(self.root, episode_id, {**entry["files"], META: entry["meta_sha256"]})
+
+    def verify(self) -> dict[str, list[str]]:
+        """Episode id -> damaged files, for every episode that does not match its checksums."""
+        return {eid: bad for eid in sorted(self.episodes) if (bad := self.damaged_files(eid))}
+
+    def load(self, episode_id: str) -> dict[str, np.ndarray]:
+        """All arrays of one episode, after checking every file against the manifest."""
+        if episode_id not in self.episodes:
+            raise DataError(f"no episode {episode_id!r} in {self.root}")
+        bad = self.damaged_files(episode_id)
+        if bad:
+            raise DataError(f"episode {episode_id} is damaged: {bad[0]} does not match its checksum")
+        try:
+            group = zarr.open_group(episode_path(self.root, episode_id), mode="r")
+            return {name: arr[...] for name, arr in group.arrays()}
+        except Exception as err:  # the crc32c codec or the decoder refused a chunk
+            raise DataError(f"episode {episode_id} is damaged: {err}") from None

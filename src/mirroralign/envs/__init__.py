@@ -1,0 +1,27 @@
+"""Simulator adapters behind one small interface (`Env`)."""
+
+from __future__ import annotations
+
+from mirroralign.envs.base import Env, Observation, Variation
+from mirroralign.errors import UsageError
+
+SIMULATORS = ("metaworld",)
+
+
+def make_env(simulator: str, task: str, image_size: int = 64, render_cameras=(), fidelity: str = "fast") -> Env:
+    if simulator == "metaworld":
+        from mirroralign.envs.metaworld import MetaWorldEnv
+
+        return MetaWorldEnv(task, image_size=image_size, render_cameras=render_cameras, fidelity=fidelity)
+    raise UsageError(f"unknown simulator {simulator!r} (known: {', '.join(SIMULATORS)})")
+
+
+def simulator_cameras(simulator: str) -> tuple[str, ...]:
+    if simulator == "metaworld":
+        from mirroralign.envs.metaworld import CAMERAS
+
+        return CAMERAS
+    raise UsageError(f"unknown simulator {simulator!r} (known: {', '.join(SIMULATORS)})")
+
+
+__all__ = ["Env", "Observation", "Variation", "make_env", "simulator_cameras", "SIMULATORS"]

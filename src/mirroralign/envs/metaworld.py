@@ -1,0 +1,145 @@
+"""Meta-World 3 (gymnasium, MuJoCo) behind the `Env` interface.
+
+Layouts are steered, not re-sampled by Meta-World: for a scene seed we draw the task's random vector
+(object and goal positions) ourselves, with the goal inside the variation's region, then freeze it on
+the unwrapped env before its own `reset()`.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from mirroralign.envs.gl import ensure_gl_backend
+
+ensure_gl_backend()
+
+import mujoco  # noqa: E402  (after the GL backend is chosen)
+from metaworld.env_dict import ALL_V3_ENVIRONMENTS, MT10_V3, MT50_V3  # noqa: E402
+from metaworld.policies import ENV_POLICY_MAP  # noqa: E402
+
+from mirroralign.envs.base import Env, Observation, Variation  # noqa: E402
+from mirroralign.errors import UsageError  # noqa: E402
+
+# Meta-World's experts warn on every episode that their gains may be clipped; they are, by design.
+warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high")
+
+CAMERAS = ("topview", "corner", "corner2", "corner3", "corner4", "behindGripper", "gripperPOV")
+TASKS = tuple(sorted(name.removesuffix("-v3") for name in ALL_V3_ENVIRONMENTS))
+MAX_EPISODE_STEPS = 500  # Meta-World raises if stepped past this without a reset
+BENCHMARK_TASKS = {
+    "mt10": tuple(name.removesuffix("-v3") for name in MT10_V3),
+    "mt50": tuple(name.removesuffix("-v3") for name in MT50_V3),
+}
+
+_GOAL = slice(3, 6)  # goal tasks lay their random vector out as (object xyz, goal xyz)
+
+
+class _LayoutRejected(Exception):
+    """Meta-World asked for a second random vector: the first broke one of its layout constraints."""
+
+
+class MetaWorldEnv(Env):
+    cameras = CAMERAS
+    action_dim = 4
+    proprio_dim = 4  # end-effector xyz and gripper opening: what the robot knows of itself
+
+    def __init__(self, task: str, image_size: int = 64, render_cameras=(), fidelity: str = "fast"):
+        if task not in TASKS:
+            raise UsageError(f"unknown Meta-World task {task!r}")
+        unknown = [c for c in render_cameras if c not in CAMERAS]
+        if unknown:
+            raise UsageError(f"unknown camera {unknown[0]!r} (Meta-World has: {', '.join(CAMERAS)})")
+        self.task = task
+        self.render_cameras = tuple(render_cameras)
+        env = ALL_V3_ENVIRONMENTS[f"{task}-v3"](width=image_size, height=image_size)
+        env._set_task_called = True  # the layout is steered below instead of through set_task()
+        env._partially_observable = False  # the scripted expert reads the goal; models never see it
+        env.__dict__.pop("sawyer_observation_space", None)  # cached with the goal bounds zeroed: recompute
+        env._freeze_rand_vec = True
+        self.raw = env
+        self._layout: np.ndarray | None = None
+        self._layout_reads = 0
+        reset_model = env.reset_model
+
+        def reset_model_counting_reads():
+            self._layout_reads = 0
+            return reset_model()
+
+        env.reset_model = reset_model_counting_reads
+        env._get_state_rand_vec = self._frozen_layout
+        self._expert = ENV_POLICY_MAP[f"{task}-v3"]()
+        self._state_obs: np.ndarray | None = None
+        self._flipped: dict[str, bool] = {}
+        self._renderer = None
+        if self.render_cameras:
+            if fidelity == "fast":
+                env.model.vis.quality.shadowsize = 0
+            # One renderer per env, kept for the life of the process: under OSMesa a collected renderer
+            # frees the GL objects of whatever context is current and later renders come out garbage.
+            self._renderer = mujoco.Renderer(env.model, image_size, image_size)
+            if fidelity == "fast":
+                self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+                self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+            self._scene_option = mujoco.MjvOption()
+            self._scene_option.sitegroup[:] = 0  # goal markers hidden, as in RLBench
+
+    def sample_layout(self, variation: Variation, rng: np.random.Generator) -> np.ndarray:
+        """One random vector: objects depend on the draw only, the goal also on the variant's region."""
+        space = self.raw._random_reset_space
+        low, high = space.low.astype(np.float64), space.high.astype(np.float64)
+        u = rng.random(low.size)
+        vec = low + u * (high - low)
+        if variation.goal_low is not None:
+            glow, ghigh = np.asarray(variation.goal_low), np.asarray(variation.goal_high)
+            vec[_GOAL] = glow + u[_GOAL] * (ghigh - glow)
+        return vec
+
+    def reset(self, variation: Variation, scene_seed: int) -> Observation:
+        if variation.task != self.task:
+            raise ValueError(f"variation {variation.id} is for task {variation.task}, not {self.task}")
+        # Meta-World re-reads its random vector until the layout meets the task's constraints (e.g. object
+        # and goal far enough apart); with a frozen vector that loop never ends. A second read therefore
+        # rejects the draw, and the next one from the same seeded generator is tried.
+        rng = np.random.default_rng(scene_seed)
+        for _ in range(1000):
+            self._layout = self.sample_layout(variation, rng)
+            self.raw._last_rand_vec = self._layout
+            self.raw.seed(scene_seed)
+            try:
+                self._state_obs, _ = self.raw.reset()
+                break
+            except _LayoutRejected:
+                continue
+        else:
+            raise RuntimeError(f"no valid layout for {variation.id} from scene seed {scene_seed}")
+        # Some cameras are mounted upside down; an image is upright when the camera's up axis points up.
+        data = self.raw.data
+        self._flipped = {c: bool(data.cam(c).xmat.reshape(3, 3)[2, 1] < 0) for c in self.render_cameras}
+        return self._observe()
+
+    def _frozen_layout(self) -> np.ndarray:
+        self._layout_reads += 1
+        if self._layout_reads > 1:  # read again within one reset_model(): the draw broke a constraint
+            raise _LayoutRejected
+        return self._layout
+
+    def step(self, action: np.ndarray) -> tuple[Observation, float, bool]:
+        self._state_obs, reward, _, _, info = self.raw.step(np.asarray(action, dtype=np.float32))
+        return self._observe(), float(reward), bool(info["success"])
+
+    def expert_action(self) -> np.ndarray:
+        return np.clip(self._expert.get_action(self._state_obs), -1.0, 1.0).astype(np.float32)
+
+    def sim_state(self) -> np.ndarray:
+        d = self.raw.data
+        return np.concatenate([d.qpos, d.qvel, d.mocap_pos.ravel(), d.mocap_quat.ravel()])
+
+    def _observe(self) -> Observation:
+        images = {}
+        for cam in self.render_cameras:
+            self._renderer.update_scene(self.raw.data, camera=cam, scene_option=self._scene_option)
+            img = self._renderer.render()
+            images[cam] = np.ascontiguousarray(img[::-1, ::-1]) if self._flipped[cam] else img.copy()
+        return Observation(images, self._state_obs[:4].astype(np.float32))
