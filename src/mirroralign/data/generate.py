@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from mirroralign.config import Config
 from mirroralign.data.store import (ATTEMPTS, CONFIG, EPISODES, FORMAT, MANIFEST, META, SPLITS, VERSION,
-                                    read_json, sha256_file, write_episode, write_json_atomic)
+                                    episode_path, read_json, sha256_file, write_episode, write_json_atomic)
 from mirroralign.envs import make_env, simulator_cameras
 from mirroralign.envs.base import Variation
 from mirroralign.errors import DataError, UsageError
@@ -175,7 +175,7 @@ def _known_results(root: Path) -> dict[str, dict]:
     known = {}
     for tmp in list((root / EPISODES).glob("*/.tmp-*")) + list((root / ATTEMPTS).glob("*/.*.tmp")):
         shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
-    for meta_path in (root / EPISODES).glob(f"*/*.zarr/{META}"):
+    for meta_path in (root / EPISODES).glob(f"*/*/{META}"):
         try:
             meta = read_json(meta_path, "episode meta")
             known[meta["id"]] = meta
@@ -264,7 +264,7 @@ def _write_manifest(root: Path, config: Config, variations: list[Variation], sta
             for meta in sorted(st["ok"], key=lambda m: m["k"]):
                 eid = meta["id"]
                 episodes[eid] = {key: meta[key] for key in ("variation", "split", "k", "scene_seed", "length", "files")}
-                episodes[eid]["meta_sha256"] = sha256_file(root / EPISODES / f"{eid}.zarr" / META)
+                episodes[eid]["meta_sha256"] = sha256_file(episode_path(root, eid) / META)
                 splits[s].append(eid)
     e = config.env
     write_json_atomic(root / MANIFEST, {

@@ -1,8 +1,9 @@
 """The on-disk episode store.
 
     DIR/config.json                      the dataset's identity, written first (a resumed run must match)
-    DIR/episodes/<variation>/<split>-<k>.zarr/   one episode: a zarr v3 group, written under a temporary
-                                         name and renamed into place, so it is either whole or absent
+    DIR/episodes/<variation>/<split>-<k>/   one episode, written under a temporary name and renamed into
+                                         place, so it is either whole or absent
+        data.zarr/                       its arrays: a zarr v3 group
         meta.json                        variation, scene seed, length, and the sha256 of every file
     DIR/attempts/<variation>/<split>-<k>.json    an expert failure (counted in the manifest)
     DIR/manifest.json                    written last: config, variations, splits, episodes, checksums
@@ -78,8 +79,11 @@ def _codec(dtype) -> list:
     return [BloscCodec(cname="zstd", clevel=3, shuffle=shuffle), Crc32cCodec()]
 
 
+ARRAYS = "data.zarr"
+
+
 def episode_path(root: Path, episode_id: str) -> Path:
-    return Path(root) / EPISODES / f"{episode_id}.zarr"
+    return Path(root) / EPISODES / episode_id
 
 
 def write_episode(root: Path, episode_id: str, arrays: dict[str, np.ndarray], meta: dict) -> dict:
@@ -88,7 +92,7 @@ def write_episode(root: Path, episode_id: str, arrays: dict[str, np.ndarray], me
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".tmp-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        group = zarr.open_group(tmp, mode="w")
+        group = zarr.open_group(tmp / ARRAYS, mode="w")
         for name, arr in arrays.items():
             chunks = (min(CHUNK_FRAMES, max(1, arr.shape[0])), *arr.shape[1:])
             z = group.create_array(name, shape=arr.shape, chunks=chunks, dtype=arr.dtype, compressors=_codec(arr.dtype))
@@ -161,7 +165,7 @@ class EpisodeStore:
         if bad:
             raise DataError(f"episode {episode_id} is damaged: {bad[0]} does not match its checksum")
         try:
-            group = zarr.open_group(episode_path(self.root, episode_id), mode="r")
+            group = zarr.open_group(episode_path(self.root, episode_id) / ARRAYS, mode="r")
             return {name: arr[...] for name, arr in group.arrays()}
         except Exception as err:  # the crc32c codec or the decoder refused a chunk
             raise DataError(f"episode {episode_id} is damaged: {err}") from None

@@ -119,6 +119,10 @@ class MetaWorldEnv(Env):
         self._flipped = {c: bool(data.cam(c).xmat.reshape(3, 3)[2, 1] < 0) for c in self.render_cameras}
         return self._observe()
 
+    def render(self) -> dict[str, np.ndarray]:
+        """The configured cameras' current images (upright uint8 [H, W, 3])."""
+        return self._observe().images
+
     def _frozen_layout(self) -> np.ndarray:
         self._layout_reads += 1
         if self._layout_reads > 1:  # read again within one reset_model(): the draw broke a constraint

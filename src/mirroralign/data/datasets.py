@@ -1,0 +1,140 @@
+"""Torch datasets over the store: observer clips (understanding), agent steps (execution), and paired
+samples (alignment). A split is loaded into memory once, checksums verified, images kept uint8 [3, H, W]
+until batched, so reading never holds training up.
+
+Randomness (clip jitter, paraphrase choice) draws from torch's RNG, which `DataLoader` seeds per worker.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from mirroralign.data.store import EpisodeStore
+
+
+class _Episodes(Dataset):
+    def __init__(self, store: EpisodeStore | str, split: str = "train", train: bool | None = None,
+                 observer_camera: str | None = None, agent_cameras: list[str] | None = None):
+        self.store = store if isinstance(store, EpisodeStore) else EpisodeStore(store)
+        cams = self.store.manifest["cameras"]
+        self.observer_camera = observer_camera or cams["observer"][0]
+        self.agent_cameras = list(agent_cameras or cams["agent"])
+        for cam, kind in [(self.observer_camera, "observer"), *[(c, "agent") for c in self.agent_cameras]]:
+            if cam not in cams[kind]:
+                raise ValueError(f"dataset has no {kind} camera {cam!r} (has: {', '.join(cams[kind])})")
+        self.split = split
+        self.train = (split == "train") if train is None else train
+        self.variations = self.store.variations
+        self.tasks = sorted({v.task for v in self.variations})
+        self.episode_ids = self.store.episode_ids(split)
+        self.episodes = [self._load(eid) for eid in self.episode_ids]
+
+    def _load(self, eid: str) -> dict:
+        arrays = self.store.load(eid)
+        meta = self.store.episodes[eid]
+        variation = self.store.variation_index[meta["variation"]]
+        chw = lambda a: np.ascontiguousarray(a.transpose(0, 3, 1, 2))  # noqa: E731
+        return {
+            "observer": chw(arrays[f"observer.{self.observer_camera}"]),
+            "agent": np.stack([chw(arrays[f"agent.{c}"]) for c in self.agent_cameras], axis=1),  # [T+1, C, 3, H, W]
+            "proprio": arrays["proprio"], "actions": arrays["actions"], "length": int(meta["length"]),
+            "variation": variation, "task": self.tasks.index(self.variations[variation].task),
+        }
+
+    def instruction(self, variation: int) -> str:
+        """A random paraphrase (canonical included) when training, the canonical instruction otherwise."""
+        texts = self.variations[variation].instructions
+        return texts[int(torch.randint(len(texts), ()))] if self.train else texts[0]
+
+    def _labels(self, e: int) -> dict:
+        ep = self.episodes[e]
+        return {"variation": ep["variation"], "task": ep["task"], "episode": e,
+                "instruction": self.instruction(ep["variation"])}
+
+    def _clip_indices(self, start: int, end: int, frames: int) -> np.ndarray:
+        """`frames` indices spread over [start, end]: segment centres (eval) or a random one per segment (train)."""
+        edges = np.linspace(start, end + 1, frames + 1)
+        if self.train:
+            u = torch.rand(frames).numpy()
+            idx = edges[:-1] + u * (edges[1:] - edges[:-1])
+        else:
+            idx = np.linspace(start, end, frames)
+        return np.clip(np.floor(idx + (0 if self.train else 0.5)), start, end).astype(np.int64)
+
+    def _clip(self, e: int, frames: int, window: int | None, t: int | None) -> torch.Tensor:
+        ep = self.episodes[e]
+        last = ep["length"]  # frames 0..T
+        if window is None:
+            start, end = 0, last
+        else:
+            centre = int(torch.randint(last + 1, ())) if t is None else t
+            start = max(0, min(centre - window // 2, last - window))
+            end = min(last, start + window)
+        return torch.from_numpy(ep["observer"][self._clip_indices(start, end, frames)])
+
+    def _step(self, e: int, t: int, horizon: int) -> dict:
+        ep = self.episodes[e]
+        idx = np.arange(t, t + horizon)
+        is_pad = idx >= ep["length"]
+        actions = ep["actions"][np.minimum(idx, ep["length"] - 1)]  # pad by repeating the last action
+        return {"images": torch.from_numpy(ep["agent"][t]), "proprio": torch.from_numpy(ep["proprio"][t]),
+                "actions": torch.from_numpy(actions), "action_is_pad": torch.from_numpy(is_pad), "t": t}
+
+    def _step_index(self) -> list[tuple[int, int]]:
+        return [(e, t) for e, ep in enumerate(self.episodes) for t in range(ep["length"])]
+
+
+class ObserverClips(_Episodes):
+    """Observer-camera clips of `frames` frames with their instruction (action understanding).
+
+    `window=None`: the whole episode, uniformly sampled, one item per episode. `window=W`: a W-step
+    window, one item per step (the window around it).
+    """
+
+    def __init__(self, store, split="train", frames: int = 8, window: int | None = None, **kw):
+        super().__init__(store, split, **kw)
+        self.frames, self.window = frames, window
+        self.index = [(e, None) for e in range(len(self.episodes))] if window is None else self._step_index()
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict:
+        e, t = self.index[i]
+        return {"video": self._clip(e, self.frames, self.window, t), **self._labels(e)}
+
+
+class AgentSteps(_Episodes):
+    """Agent images and proprioception at step t with the next `horizon` actions (embodied execution)."""
+
+    def __init__(self, store, split="train", horizon: int = 8, **kw):
+        super().__init__(store, split, **kw)
+        self.horizon = horizon
+        self.index = self._step_index()
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict:
+        e, t = self.index[i]
+        return {**self._step(e, t, self.horizon), **self._labels(e)}
+
+
+class PairedSamples(_Episodes):
+    """A step and an observer clip from the same episode, time-aligned (alignment). With `window=None` the
+    clip is the whole episode; with `window=W` it is the W-step window around the step."""
+
+    def __init__(self, store, split="train", frames: int = 8, horizon: int = 8, window: int | None = None, **kw):
+        super().__init__(store, split, **kw)
+        self.frames, self.horizon, self.window = frames, horizon, window
+        self.index = self._step_index()
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict:
+        e, t = self.index[i]
+        return {"video": self._clip(e, self.frames, self.window, t), **self._step(e, t, self.horizon),
+                **self._labels(e)}

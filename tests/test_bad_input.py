@@ -1,0 +1,79 @@
+"""Every bad invocation: one line on stderr, exit code 2, nothing created or changed."""
+
+import pytest
+from conftest import run_cli
+
+
+def _tree(root):
+    return sorted(str(p) for p in root.rglob("*"))
+
+
+BAD_GENERATE = {
+    "unknown suite": ["--suite", "nope"],
+    "unknown task": ["--tasks", "reach,fly-to-the-moon"],
+    "unknown camera": ["env.agent_cameras=[corner3,eyeball]"],
+    "unknown preset": ["--preset", "huge"],
+    "zero episodes": ["--episodes", "0"],
+    "negative workers": ["--workers", "-1"],
+    "unknown config key": ["data.nope=1"],
+    "wrong type": ["data.episodes=many"],
+    "not key=value": ["episodes"],
+    "bad fidelity": ["env.fidelity=ultra"],
+    "too many steps": ["env.max_steps=900"],
+    "non-integer flag": ["--episodes", "2.5"],
+}
+
+
+@pytest.mark.parametrize("case", BAD_GENERATE, ids=list(BAD_GENERATE))
+def test_generate_rejects_bad_input(case, tmp_path):
+    out = tmp_path / "out"
+    r = run_cli("generate", "--preset", "tiny", "--out", out, *BAD_GENERATE[case])
+    assert r.returncode == 2, (case, r.stderr)
+    assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("mirroralign: error:")
+    assert not out.exists()
+
+
+def test_generate_rejects_an_output_path_that_is_a_file(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("keep me")
+    for out in (f, f / "sub"):
+        r = run_cli("generate", "--preset", "tiny", "--out", out)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert f.read_text() == "keep me"
+
+
+def test_generate_refuses_a_non_dataset_directory(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    before = _tree(tmp_path)
+    r = run_cli("generate", "--preset", "tiny", "--out", tmp_path)
+    assert r.returncode == 2 and "not empty" in r.stderr
+    assert _tree(tmp_path) == before
+
+
+def test_generate_refuses_to_resume_with_a_different_config(dataset_copy):
+    before = _tree(dataset_copy)
+    r = run_cli("generate", "--preset", "tiny", "--episodes", 4, "--out", dataset_copy)
+    assert r.returncode == 2 and "different config" in r.stderr
+    assert _tree(dataset_copy) == before
+
+
+def test_bad_config_file(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data:\n  episods: 3\n")  # misspelt key: an error, not ignored
+    r = run_cli("generate", "--config", cfg, "--out", tmp_path / "out")
+    assert r.returncode == 2 and "episods" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = run_cli("generate", "--config", tmp_path / "missing.yaml", "--out", tmp_path / "out")
+    assert r.returncode == 2
+    assert not (tmp_path / "out").exists()
+
+
+def test_verify_rejects_what_is_not_a_dataset(tmp_path):
+    for target in (tmp_path, tmp_path / "missing"):
+        r = run_cli("verify", target)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_unknown_command_and_missing_arguments():
+    for args in (["fly"], ["generate"], []):
+        r = run_cli(*args)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
