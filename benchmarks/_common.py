@@ -1,0 +1,34 @@
+"""Shared by the benchmark scripts: machine facts and writing JSON plus a Markdown table."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def machine() -> dict:
+    import torch
+
+    return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "torch": torch.__version__, "mujoco_gl": os.environ.get("MUJOCO_GL"),
+            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                     cwd=Path(__file__).parent).stdout.strip()}
+
+
+def write_results(name: str, results: dict, table: list[tuple[str, str, str]]) -> None:
+    """`table`: (metric, value, note) rows for the Markdown file that README and BENCHMARKS.md quote."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    results = {**results, "machine": machine(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
+    lines = ["| metric | value | note |", "|---|---|---|", *[f"| {a} | {b} | {c} |" for a, b, c in table]]
+    m = results["machine"]
+    lines.append(f"\n_{m['cpus']} CPUs, {m['platform']}, MUJOCO_GL={m['mujoco_gl']}, commit {m['commit']}, "
+                 f"{results['date']}_")
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
