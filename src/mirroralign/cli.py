@@ -72,6 +72,18 @@ def cmd_verify(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from mirroralign.train import NumericalError, train
+
+    config = _load(args, {"train.seed": args.seed})
+    try:
+        run = train(config, args.mode, args.data, args.out)
+    except NumericalError as err:
+        raise DataError(str(err)) from None
+    print(f"run: {run}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from mirroralign.config import load_config
     from mirroralign.data.generate import generate
@@ -108,6 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check every stored file against its checksum")
     p.add_argument("dir")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("train", help="train understand | execute | mirror (resumable)")
+    p.add_argument("--mode", required=True, choices=["understand", "execute", "mirror"])
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int)
+    _config_args(p)
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="run the whole chain on a small preset and print where the result is")
     p.add_argument("--out", default="mirroralign-demo")

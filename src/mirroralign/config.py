@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Optional
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -42,10 +43,69 @@ class DataConfig:
 
 
 @dataclass
+class UnderstandingConfig:
+    dim: int = 128
+    heads: int = 4
+    patch: int = 8
+    spatial_layers: int = 2
+    temporal_layers: int = 2
+    embed_dim: int = 256  # the video-text space of L_AU
+    frames: int = 8
+    tap_layer: str = "last"  # spatial.<i>, temporal.<i>, or last (the last temporal block)
+    init_temperature: float = 0.07
+    max_logit_scale: float = 100.0
+
+
+@dataclass
+class ExecutionConfig:
+    dim: int = 128
+    heads: int = 4
+    layers: int = 2
+    horizon: int = 8  # actions predicted per step (the action chunk)
+    tokens_per_camera: int = 4  # each camera's feature map is pooled to a side x side grid of tokens
+    augment: bool = True  # random shifts of the agent images while training
+    tap_layer: str = "last"  # blocks.<i>, or last
+
+
+@dataclass
+class ModelConfig:
+    understanding: UnderstandingConfig = field(default_factory=UnderstandingConfig)
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+
+
+@dataclass
+class AlignConfig:
+    positives: str = "instruction"  # instruction | episode | task
+    temperature: float = 0.1
+    dim: int = 1024
+    lr: float = 1e-4
+    lambda_ee: float = 1.0
+    lambda_align: float = 0.5
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 3e-4
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    checkpoint_every: int = 500
+    log_every: int = 20
+    seed: int = 0
+    clip_window: Optional[int] = None  # observer clips: the whole episode (None) or a window of W steps
+    device: str = "auto"  # auto: cuda when available, else cpu
+
+
+@dataclass
 class Config:
     preset: str = "quick"
     env: EnvConfig = field(default_factory=EnvConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -100,6 +160,27 @@ def validate(config: Config) -> None:
         (d.seed >= 0, f"data.seed must be >= 0, got {d.seed}"),
         (0 <= d.val_fraction < 1 and 0 <= d.test_fraction < 1 and d.val_fraction + d.test_fraction < 1,
          "data.val_fraction and data.test_fraction must be in [0, 1) and sum below 1"),
+    ]
+    t, a, u, x = config.train, config.align, config.model.understanding, config.model.execution
+    checks += [
+        (t.steps > 0 and t.batch_size > 1, "train.steps must be positive and train.batch_size at least 2"),
+        (t.lr > 0 and a.lr > 0 and t.weight_decay >= 0, "learning rates must be positive, weight decay >= 0"),
+        (t.warmup_steps >= 0 and t.grad_clip > 0, "train.warmup_steps must be >= 0 and train.grad_clip > 0"),
+        (t.checkpoint_every > 0 and t.log_every > 0, "train.checkpoint_every and train.log_every must be positive"),
+        (t.clip_window is None or t.clip_window > 1, "train.clip_window must be > 1 (or null: whole episode)"),
+        (t.device in ("auto", "cpu", "cuda"), f"train.device must be auto, cpu or cuda, got {t.device!r}"),
+        (a.positives in ("instruction", "episode", "task"),
+         f"align.positives must be instruction, episode or task, got {a.positives!r}"),
+        (a.temperature > 0 and a.dim > 0, "align.temperature and align.dim must be positive"),
+        (a.lambda_ee >= 0 and a.lambda_align >= 0, "align.lambda_ee and align.lambda_align must be >= 0"),
+        (u.dim % u.heads == 0 and x.dim % x.heads == 0, "model dims must be divisible by their heads"),
+        (u.frames > 0 and x.horizon > 0, "model.understanding.frames and model.execution.horizon must be positive"),
+        (u.tap_layer in ["last", *[f"spatial.{i}" for i in range(u.spatial_layers)],
+                         *[f"temporal.{i}" for i in range(u.temporal_layers)]],
+         f"model.understanding.tap_layer must be last, spatial.<i> or temporal.<i> of an existing block, "
+         f"got {u.tap_layer!r}"),
+        (x.tap_layer in ["last", *[f"blocks.{i}" for i in range(x.layers)]],
+         f"model.execution.tap_layer must be last or blocks.<i> of an existing block, got {x.tap_layer!r}"),
     ]
     for ok, message in checks:
         if not ok:

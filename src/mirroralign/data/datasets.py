@@ -27,6 +27,11 @@ class _Episodes(Dataset):
         self.split = split
         self.train = (split == "train") if train is None else train
         self.variations = self.store.variations
+        # every instruction text of the dataset in one flat list (canonical first per variation): models
+        # look a sample's text embedding up by its `text_index`
+        self.texts = [t for v in self.variations for t in v.instructions]
+        self.text_variation = [i for i, v in enumerate(self.variations) for _ in v.instructions]
+        self._text_offset = np.cumsum([0] + [len(v.instructions) for v in self.variations])[:-1].tolist()
         self.tasks = sorted({v.task for v in self.variations})
         self.episode_ids = self.store.episode_ids(split)
         self.episodes = [self._load(eid) for eid in self.episode_ids]
@@ -43,15 +48,16 @@ class _Episodes(Dataset):
             "variation": variation, "task": self.tasks.index(self.variations[variation].task),
         }
 
-    def instruction(self, variation: int) -> str:
+    def text_index(self, variation: int) -> int:
         """A random paraphrase (canonical included) when training, the canonical instruction otherwise."""
-        texts = self.variations[variation].instructions
-        return texts[int(torch.randint(len(texts), ()))] if self.train else texts[0]
+        n = len(self.variations[variation].instructions)
+        return self._text_offset[variation] + (int(torch.randint(n, ())) if self.train else 0)
 
     def _labels(self, e: int) -> dict:
         ep = self.episodes[e]
-        return {"variation": ep["variation"], "task": ep["task"], "episode": e,
-                "instruction": self.instruction(ep["variation"])}
+        text = self.text_index(ep["variation"])
+        return {"variation": ep["variation"], "task": ep["task"], "episode": e, "text_index": text,
+                "instruction": self.texts[text]}
 
     def _clip_indices(self, start: int, end: int, frames: int) -> np.ndarray:
         """`frames` indices spread over [start, end]: segment centres (eval) or a random one per segment (train)."""

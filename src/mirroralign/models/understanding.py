@@ -6,29 +6,15 @@ averaged) is nearest the clip's."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mirroralign.config import UnderstandingConfig
 from mirroralign.models.align import info_nce
 from mirroralign.models.blocks import resolve_tap, to_float_image, transformer_block
 from mirroralign.models.text import TEXT_DIM
-
-
-@dataclass
-class UnderstandingConfig:
-    dim: int = 128
-    heads: int = 4
-    patch: int = 8
-    spatial_layers: int = 2
-    temporal_layers: int = 2
-    embed_dim: int = 256  # the video-text space of L_AU
-    frames: int = 8
-    tap_layer: str = "last"  # spatial.<i>, temporal.<i> or last (the last temporal block)
-    init_temperature: float = 0.07
-    max_logit_scale: float = 100.0
 
 
 class VideoEncoder(nn.Module):

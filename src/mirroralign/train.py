@@ -1,0 +1,305 @@
+"""One trainer for the three modes of the paper.
+
+    understand  the action-understanding model alone (L_AU), on observer clips
+    execute     the execution policy alone (L_EE), on agent steps
+    mirror      both and the aligner on paired samples: L = L_AU + lambda_EE * L_EE + lambda_align * L_align
+
+Every step draws its batch and its augmentation from an RNG seeded by (seed, step), so a run resumed from a
+checkpoint continues exactly as if it had never stopped. Checkpoints are safetensors plus JSON: nothing read
+back is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from dataclasses import asdict
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import default_collate
+from tqdm import tqdm
+
+from mirroralign.config import Config
+from mirroralign.data.datasets import AgentSteps, ObserverClips, PairedSamples
+from mirroralign.data.store import EpisodeStore, read_json, sha256_file, write_json_atomic
+from mirroralign.errors import DataError, UsageError
+from mirroralign.models.align import Aligner
+from mirroralign.models.execution import ExecutionPolicy
+from mirroralign.models.text import encode_texts
+from mirroralign.models.understanding import UnderstandingModel
+
+MODES = ("understand", "execute", "mirror")
+PARTS = {"understand": ("understanding",), "execute": ("execution",),
+         "mirror": ("understanding", "execution", "aligner")}
+
+
+class NumericalError(RuntimeError):
+    """A non-finite loss or input: the run stops, naming the step; the last good checkpoint stays."""
+
+
+# ------------------------------------------------------------------------------------------------- build
+
+def make_dataset(store: EpisodeStore, config: Config, mode: str, split: str = "train", train: bool | None = None):
+    u, x, t = config.model.understanding, config.model.execution, config.train
+    if mode == "understand":
+        return ObserverClips(store, split, frames=u.frames, window=t.clip_window, train=train)
+    if mode == "execute":
+        return AgentSteps(store, split, horizon=x.horizon, train=train)
+    return PairedSamples(store, split, frames=u.frames, horizon=x.horizon, window=t.clip_window, train=train)
+
+
+@lru_cache(maxsize=8)
+def _text_embeddings(texts: tuple[str, ...]) -> torch.Tensor:
+    return encode_texts(list(texts))
+
+
+def build_models(config: Config, mode: str, store: EpisodeStore, texts: list[str], text_variation: list[int],
+                 text_embeddings: torch.Tensor) -> nn.ModuleDict:
+    size = store.manifest["image_size"]
+    parts = {}
+    if "understanding" in PARTS[mode]:
+        parts["understanding"] = UnderstandingModel(config.model.understanding, size, text_embeddings,
+                                                    torch.tensor(text_variation))
+    if "execution" in PARTS[mode]:
+        parts["execution"] = ExecutionPolicy(config.model.execution, len(store.manifest["cameras"]["agent"]),
+                                             proprio_dim=4, action_dim=4, text_embeddings=text_embeddings)
+    if mode == "mirror":
+        a = config.align
+        parts["aligner"] = Aligner(parts["understanding"].representation_dim, parts["execution"].representation_dim,
+                                   a.dim, a.temperature, a.positives)
+    return nn.ModuleDict(parts)
+
+
+def make_optimizer(models: nn.ModuleDict, config: Config) -> torch.optim.AdamW:
+    """AdamW; weight decay only on weights of >= 2 dimensions; the aligner has its own learning rate."""
+    groups = []
+    for name, module in models.items():
+        lr = config.align.lr if name == "aligner" else config.train.lr
+        params = [p for p in module.parameters() if p.requires_grad]
+        groups += [{"params": [p for p in params if p.ndim >= 2], "weight_decay": config.train.weight_decay,
+                    "lr": lr, "base_lr": lr},
+                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "lr": lr, "base_lr": lr}]
+    return torch.optim.AdamW([g for g in groups if g["params"]])
+
+
+def lr_factor(step: int, config: Config) -> float:
+    """Linear warm-up, then cosine decay to zero at the last step."""
+    t = config.train
+    if step < t.warmup_steps:
+        return (step + 1) / t.warmup_steps
+    progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+# -------------------------------------------------------------------------------------------------- loss
+
+def compute_loss(mode: str, models: nn.ModuleDict, batch: dict, config: Config) -> tuple[torch.Tensor, dict]:
+    if mode == "understand":
+        return models["understanding"](batch)
+    if mode == "execute":
+        return models["execution"](batch)
+    l_au, info_au, rep_u = models["understanding"].forward_with_representation(batch)
+    l_ee, info_ee, rep_e = models["execution"].forward_with_representation(batch)
+    l_align, info_align = models["aligner"](rep_u, rep_e, batch)
+    a = config.align
+    return l_au + a.lambda_ee * l_ee + a.lambda_align * l_align, {**info_au, **info_ee, **info_align}
+
+
+def step_seed(seed: int, step: int) -> int:
+    return seed * 1_000_003 + step
+
+
+def sample_batch(dataset, config: Config, step: int, device: torch.device) -> dict:
+    g = torch.Generator().manual_seed(step_seed(config.train.seed, step))
+    idx = torch.randint(len(dataset), (config.train.batch_size,), generator=g).tolist()
+    batch = default_collate([dataset[i] for i in idx])
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def check_finite_inputs(batch: dict, step: int) -> None:
+    for key in ("proprio", "actions"):
+        if key in batch and not torch.isfinite(batch[key]).all():
+            raise NumericalError(f"non-finite values in input {key!r} at step {step}")
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+CHECKPOINTS = "checkpoints"
+
+
+def save_checkpoint(run: Path, step: int, models: nn.ModuleDict, optimizer: torch.optim.Optimizer) -> Path:
+    """Weights, optimiser state and RNG state in safetensors; step, optimiser hyper-parameters and the file's
+    sha256 in JSON; `latest.json` moved last, so a kill at any moment leaves the previous checkpoint intact."""
+    folder = run / CHECKPOINTS
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in models.state_dict().items()}
+    opt = optimizer.state_dict()
+    for i, state in opt["state"].items():
+        for key, value in state.items():
+            tensors[f"optim.{i}.{key}"] = torch.as_tensor(value).contiguous().cpu()
+    tensors["rng.torch"] = torch.get_rng_state()
+    path = folder / f"step_{step:07d}.safetensors"
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp))
+    tmp.replace(path)
+    groups = [{k: v for k, v in g.items()} for g in opt["param_groups"]]
+    meta = {"step": step, "file": path.name, "sha256": sha256_file(path), "param_groups": groups}
+    write_json_atomic(folder / f"step_{step:07d}.json", meta)
+    write_json_atomic(folder / "latest.json", meta)
+    return path
+
+
+def load_checkpoint_tensors(path: Path, sha256: str) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise DataError(f"checkpoint missing: {path}")
+    if sha256_file(path) != sha256:
+        raise DataError(f"checkpoint damaged: {path} does not match its checksum")
+    try:
+        return load_file(str(path))
+    except Exception as err:
+        raise DataError(f"checkpoint damaged: {path} ({err})") from None
+
+
+def restore(run: Path, models: nn.ModuleDict, optimizer: torch.optim.Optimizer | None = None,
+            meta: dict | None = None) -> int:
+    """Load a checkpoint (the latest by default) into `models` (and `optimizer`); returns its step."""
+    folder = run / CHECKPOINTS
+    meta = meta or read_json(folder / "latest.json", "checkpoint record")
+    tensors = load_checkpoint_tensors(folder / meta["file"], meta["sha256"])
+    models.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    if optimizer is not None:
+        state: dict[int, dict] = {}
+        for k, v in tensors.items():
+            if k.startswith("optim."):
+                _, i, key = k.split(".", 2)
+                state.setdefault(int(i), {})[key] = v
+        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        torch.set_rng_state(tensors["rng.torch"])
+    return int(meta["step"])
+
+
+# ------------------------------------------------------------------------------------------------ driver
+
+def prepare_run(run: Path, config: Config, mode: str, data: Path) -> dict:
+    """RUN keeps its resolved config; an existing RUN must hold the same config, mode and data."""
+    identity = {"mode": mode, "data": str(Path(data).resolve()), "config": asdict(config)}
+    if run.exists() and not run.is_dir():
+        raise UsageError(f"run path is a file, not a directory: {run}")
+    if (run / "run.json").is_file():
+        stored = read_json(run / "run.json", "run record")
+        if stored.get("identity") != identity:
+            raise UsageError(f"{run} holds a run with a different mode, data or config; use another --out")
+        return stored
+    if run.is_dir() and any(run.iterdir()):
+        raise UsageError(f"run directory is not empty and holds no mirroralign run: {run}")
+    return {"identity": identity}
+
+
+def train(config: Config, mode: str, data: str | Path, out: str | Path, progress: bool = True) -> Path:
+    if mode not in MODES:
+        raise UsageError(f"unknown mode {mode!r} (known: {', '.join(MODES)})")
+    data, run = Path(data), Path(out)
+    try:
+        store = EpisodeStore(data)
+    except DataError as err:
+        raise UsageError(f"--data is not a verified dataset: {err}") from None
+    record = prepare_run(run, config, mode, data)
+    try:
+        dataset = make_dataset(store, config, mode, "train")
+    except DataError as err:
+        raise UsageError(f"--data is not a verified dataset: {err}") from None
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+    device = torch.device("cuda" if config.train.device == "auto" and torch.cuda.is_available()
+                          else "cpu" if config.train.device == "auto" else config.train.device)
+    torch.manual_seed(config.train.seed)
+    text_embeddings = _text_embeddings(tuple(dataset.texts))
+    try:
+        models = build_models(config, mode, store, dataset.texts, dataset.text_variation, text_embeddings).to(device)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    optimizer = make_optimizer(models, config)
+
+    # validated: from here on the run directory is written
+    run.mkdir(parents=True, exist_ok=True)
+    if not (run / "run.json").is_file():
+        (run / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
+        write_json_atomic(run / "run.json", {**record, "parameters": {
+            k: sum(p.numel() for p in m.parameters()) for k, m in models.items()}})
+    start = restore(run, models, optimizer) if (run / CHECKPOINTS / "latest.json").is_file() else 0
+    _truncate_metrics(run / "metrics.jsonl", start)
+    if start >= config.train.steps:
+        return run
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(run / "tensorboard"), purge_step=start)
+    metrics = open(run / "metrics.jsonl", "a")
+    bar = tqdm(range(start, config.train.steps), initial=start, total=config.train.steps, desc=f"train {mode}",
+               disable=not progress)
+    models.train()
+    interrupted = []  # Ctrl-C finishes the step in progress, checkpoints it, then stops
+    previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+    try:
+        for step in bar:
+            t0 = time.perf_counter()
+            torch.manual_seed(step_seed(config.train.seed, step) + 1)  # clip jitter, paraphrases, augmentation
+            batch = sample_batch(dataset, config, step, device)
+            check_finite_inputs(batch, step)
+            t_data = time.perf_counter() - t0
+            for group in optimizer.param_groups:
+                group["lr"] = group["base_lr"] * lr_factor(step, config)
+            loss, info = compute_loss(mode, models, batch, config)
+            if not torch.isfinite(loss):
+                last = read_json(run / CHECKPOINTS / "latest.json", "checkpoint record")["file"] \
+                    if (run / CHECKPOINTS / "latest.json").is_file() else "none"
+                raise NumericalError(f"non-finite loss ({loss.item()}) at step {step}; "
+                                     f"last good checkpoint: {last}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = nn.utils.clip_grad_norm_(models.parameters(), config.train.grad_clip)
+            optimizer.step()
+            done = step + 1
+            if done % config.train.log_every == 0 or done == config.train.steps:
+                row = {"step": done, "loss": loss.item(), **info, "grad_norm": float(grad_norm),
+                       "lr": optimizer.param_groups[0]["lr"], "data_s": t_data,
+                       "step_s": time.perf_counter() - t0}
+                metrics.write(json.dumps(row) + "\n")
+                metrics.flush()
+                for k, v in row.items():
+                    if k != "step":
+                        writer.add_scalar(f"{mode}/{k}", v, done)
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+            if done % config.train.checkpoint_every == 0 or done == config.train.steps or interrupted:
+                save_checkpoint(run, done, models, optimizer)
+            if interrupted:
+                raise KeyboardInterrupt
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
+        bar.close()
+        metrics.close()
+        writer.close()
+    return run
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop rows logged after the checkpoint a run resumes from (they will be logged again)."""
+    if not path.is_file():
+        return
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill
+        if row.get("step", 0) <= step:
+            rows.append(line)
+    path.write_text("".join(r + "\n" for r in rows))

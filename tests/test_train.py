@@ -1,0 +1,224 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import run_cli
+from safetensors.torch import load_file
+
+from mirroralign.config import load_config
+from mirroralign.data.store import EpisodeStore, sha256_file
+from mirroralign.errors import UsageError
+from mirroralign.train import (NumericalError, _text_embeddings, build_models, compute_loss, make_dataset,
+                               make_optimizer, sample_batch, train)
+
+
+def _setup(tiny_dataset, mode, *overrides):
+    config = load_config("tiny", overrides=list(overrides))
+    store = EpisodeStore(tiny_dataset)
+    ds = make_dataset(store, config, mode)
+    models = build_models(config, mode, store, ds.texts, ds.text_variation, _text_embeddings(tuple(ds.texts)))
+    return config, ds, models
+
+
+def _grads(models):
+    return {name: p.grad is not None and p.grad.abs().sum().item() > 0 for name, p in models.named_parameters()}
+
+
+@pytest.mark.parametrize("mode, parts", [("understand", {"understanding"}), ("execute", {"execution"}),
+                                         ("mirror", {"understanding", "execution", "aligner"})])
+def test_each_mode_trains_exactly_its_parts(tiny_dataset, mode, parts):
+    config, ds, models = _setup(tiny_dataset, mode, "model.execution.augment=false")
+    assert set(models) == parts
+    torch.manual_seed(0)
+    loss, _ = compute_loss(mode, models, sample_batch(ds, config, 0, torch.device("cpu")), config)
+    loss.backward()
+    grads = _grads(models)
+    missing = [n for n, g in grads.items() if not g]
+    assert not missing, missing
+
+
+def test_mirror_alignment_reaches_only_what_lies_below_the_tapped_layers(tiny_dataset):
+    """With lambda_EE = 0, the policy's action head (above its tapped layer) gets no gradient, while the
+    layers below the tap still learn from L_align; with lambda_align = 0 the aligner gets none."""
+    config, ds, models = _setup(tiny_dataset, "mirror", "align.lambda_ee=0", "model.execution.augment=false")
+    torch.manual_seed(0)
+    loss, _ = compute_loss("mirror", models, sample_batch(ds, config, 0, torch.device("cpu")), config)
+    loss.backward()
+    g = _grads(models)
+    assert not g["execution.head.weight"] and not g["execution.norm.weight"]
+    assert g["execution.encoder.net.0.weight"] and g["execution.blocks.0.linear1.weight"]
+    assert g["aligner.execution.weight"]
+
+    config, ds, models = _setup(tiny_dataset, "mirror", "align.lambda_align=0")
+    loss, _ = compute_loss("mirror", models, sample_batch(ds, config, 0, torch.device("cpu")), config)
+    loss.backward()
+    assert not any(v for k, v in _grads(models).items() if k.startswith("aligner."))
+
+
+def test_tiny_models_overfit_a_handful_of_samples(tiny_dataset):
+    torch.manual_seed(0)
+    # understanding: the 6 training clips (one per variation, fixed), each paired with every one of its
+    # instructions, since recognition compares a clip with the mean of its variation's instructions
+    config, _, models = _setup(tiny_dataset, "understand")
+    store = EpisodeStore(tiny_dataset)
+    clips = make_dataset(store, config, "understand", train=False)
+    pairs = [{**clips[i], "text_index": t} for i in range(len(clips))
+             for t, v in enumerate(clips.text_variation) if v == clips[i]["variation"]]
+    batch = torch.utils.data.default_collate(pairs)
+    model = models["understanding"]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for _ in range(200):
+        loss, _ = model(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        assert (model.recognize(batch).argmax(1) == batch["variation"]).all()
+
+    # execution: 8 steps, action L1 falls at least 10x
+    config, _, models = _setup(tiny_dataset, "execute", "model.execution.augment=false")
+    steps = make_dataset(store, config, "execute", train=False)
+    batch = torch.utils.data.default_collate([steps[i * 7] for i in range(8)])
+    policy = models["execution"]
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-3)
+    first = None
+    for _ in range(300):
+        loss, _ = policy(batch)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < first / 10, (first, loss.item())
+
+
+def _weights(run):
+    latest = json.loads((run / "checkpoints" / "latest.json").read_text())
+    return latest["step"], load_file(str(run / "checkpoints" / latest["file"]))
+
+
+@pytest.mark.parametrize("mode", ["mirror"])
+def test_killed_and_resumed_run_equals_the_uninterrupted_one(tiny_dataset, tmp_path, mode):
+    args = ["train", "--mode", mode, "--data", tiny_dataset, "--preset", "tiny", "train.steps=60",
+            "train.checkpoint_every=10"]
+    r = run_cli(*args, "--out", tmp_path / "straight")
+    assert r.returncode == 0, r.stderr
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "mirroralign", *map(str, args), "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while not (out / "checkpoints" / "step_0000020.json").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    step, _ = _weights(out)
+    assert 20 <= step < 60
+    r = run_cli(*args, "--out", out)
+    assert r.returncode == 0, r.stderr
+
+    (s1, a), (s2, b) = _weights(tmp_path / "straight"), _weights(out)
+    assert s1 == s2 == 60 and a.keys() == b.keys()
+    for k in a:
+        if k != "rng.torch":
+            assert torch.equal(a[k], b[k]), k
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(5, 61, 5))  # no duplicated or missing rows
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(tiny_dataset, tmp_path, monkeypatch):
+    import mirroralign.train as trainer
+
+    real = trainer.compute_loss
+
+    def poisoned(mode, models, batch, config):  # fault injection: the loss turns NaN at step 25
+        loss, info = real(mode, models, batch, config)
+        return (loss * float("nan"), info) if poisoned.calls >= 25 else (loss, info)
+
+    def counting(*a):
+        out = poisoned(*a)
+        poisoned.calls += 1
+        return out
+
+    poisoned.calls = 0
+    monkeypatch.setattr(trainer, "compute_loss", counting)
+    config = load_config("tiny", overrides=["train.checkpoint_every=10"])
+    with pytest.raises(NumericalError, match="step 25.*step_0000020"):
+        train(config, "execute", tiny_dataset, tmp_path / "run", progress=False)
+    latest = json.loads((tmp_path / "run" / "checkpoints" / "latest.json").read_text())
+    assert latest["step"] == 20
+    assert sha256_file(tmp_path / "run" / "checkpoints" / latest["file"]) == latest["sha256"]
+
+
+def test_non_finite_input_is_refused(tiny_dataset, tmp_path, monkeypatch):
+    import mirroralign.data.datasets as datasets
+
+    real = datasets._Episodes._load
+
+    def load_with_nan(self, eid):
+        ep = real(self, eid)
+        ep["proprio"] = ep["proprio"].copy()
+        ep["proprio"][:] = float("nan")
+        return ep
+
+    monkeypatch.setattr(datasets._Episodes, "_load", load_with_nan)
+    with pytest.raises(NumericalError, match="proprio.*step 0"):
+        train(load_config("tiny"), "execute", tiny_dataset, tmp_path / "run", progress=False)
+
+
+def test_damaged_checkpoint_is_detected(tiny_dataset, tmp_path):
+    r = run_cli("train", "--mode", "execute", "--data", tiny_dataset, "--preset", "tiny", "train.steps=20",
+                "--out", tmp_path / "run")
+    assert r.returncode == 0, r.stderr
+    ckpt = tmp_path / "run" / "checkpoints" / "step_0000020.safetensors"
+    data = bytearray(ckpt.read_bytes())
+    data[-100] ^= 0xFF
+    ckpt.write_bytes(bytes(data))
+    r = run_cli("train", "--mode", "execute", "--data", tiny_dataset, "--preset", "tiny", "train.steps=20",
+                "--out", tmp_path / "run")
+    assert r.returncode == 1 and str(ckpt) in r.stderr
+
+
+BAD_TRAIN = {
+    "unknown mode": ["--mode", "dream"],
+    "unknown preset": ["--mode", "execute", "--preset", "giant"],
+    "bad positives": ["--mode", "mirror", "align.positives=scene"],
+    "zero steps": ["--mode", "execute", "train.steps=0"],
+    "bad tap layer": ["--mode", "understand", "model.understanding.tap_layer=temporal.9"],
+    "unknown key": ["--mode", "execute", "train.stepz=3"],
+    "negative lambda": ["--mode", "mirror", "align.lambda_align=-1"],
+}
+
+
+@pytest.mark.parametrize("case", BAD_TRAIN, ids=list(BAD_TRAIN))
+def test_train_rejects_bad_input(tiny_dataset, tmp_path, case):
+    args = BAD_TRAIN[case]
+    if "--preset" not in args:
+        args = [*args, "--preset", "tiny"]
+    r = run_cli("train", "--data", tiny_dataset, "--out", tmp_path / "run", *args)
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_rejects_a_data_dir_that_is_not_a_dataset_and_a_changed_config(tiny_dataset, tmp_path):
+    r = run_cli("train", "--mode", "execute", "--data", tmp_path, "--preset", "tiny", "--out", tmp_path / "run")
+    assert r.returncode == 2 and not (tmp_path / "run").exists()
+    r = run_cli("train", "--mode", "execute", "--data", tiny_dataset, "--preset", "tiny", "train.steps=10",
+                "--out", tmp_path / "run")
+    assert r.returncode == 0, r.stderr
+    before = sorted(p.name for p in (tmp_path / "run").rglob("*"))
+    r = run_cli("train", "--mode", "execute", "--data", tiny_dataset, "--preset", "tiny", "train.steps=12",
+                "--out", tmp_path / "run")
+    assert r.returncode == 2 and "different" in r.stderr
+    assert sorted(p.name for p in (tmp_path / "run").rglob("*")) == before
+
+
+def test_understand_run_exposes_usage_error_in_process(tiny_dataset, tmp_path):
+    with pytest.raises(UsageError):
+        train(load_config("tiny"), "nope", tiny_dataset, tmp_path / "run", progress=False)
