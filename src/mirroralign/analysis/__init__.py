@@ -1,0 +1,1 @@
+"""Alignment analysis: representation metrics, the linear probe, statistics across seeds and episodes."""

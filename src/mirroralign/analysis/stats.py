@@ -1,0 +1,30 @@
+"""Statistics for reporting: bootstrap confidence intervals and the Mann-Whitney U test (SciPy)."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+
+
+def mean_ci(values, confidence: float = 0.95, n_resamples: int = 10_000, seed: int = 0) -> dict:
+    """Mean and percentile-bootstrap CI of the mean. With fewer than 2 values the CI is the value itself."""
+    x = np.asarray(values, dtype=float)
+    if len(x) == 0:
+        raise ValueError("no values")
+    if len(x) < 2 or np.all(x == x[0]):
+        return {"mean": float(x.mean()), "low": float(x.mean()), "high": float(x.mean()), "n": len(x)}
+    res = stats.bootstrap((x,), np.mean, confidence_level=confidence, n_resamples=n_resamples,
+                          method="percentile", random_state=np.random.default_rng(seed))
+    return {"mean": float(x.mean()), "low": float(res.confidence_interval.low),
+            "high": float(res.confidence_interval.high), "n": len(x)}
+
+
+def mann_whitney(a, b) -> dict:
+    """Two-sided Mann-Whitney U of a vs b, with the rank-biserial correlation as effect size
+    (+1: every a above every b; 0: no difference)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(a) == 0 or len(b) == 0:
+        return {"u": None, "p_value": None, "rank_biserial": None, "n_a": len(a), "n_b": len(b)}
+    res = stats.mannwhitneyu(a, b, alternative="two-sided")
+    return {"u": float(res.statistic), "p_value": float(res.pvalue),
+            "rank_biserial": float(2 * res.statistic / (len(a) * len(b)) - 1), "n_a": len(a), "n_b": len(b)}

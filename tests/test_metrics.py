@@ -1,0 +1,83 @@
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats as sps
+
+from mirroralign.analysis.metrics import (all_metrics, cka, cknna, hsic_biased, hsic_unbiased, mutual_knn,
+                                          unbiased_cka)
+from mirroralign.analysis.stats import mann_whitney, mean_ci
+
+
+def test_identical_inputs_score_one():
+    x = torch.randn(60, 16, generator=torch.Generator().manual_seed(0))
+    for name, value in all_metrics(x, x, k=5).items():  # 1 up to the reference code's 1e-6 epsilon
+        assert value == pytest.approx(1.0, abs=1e-4), name
+
+
+def test_rotated_and_rescaled_copy_keeps_cka_at_one():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(50, 12, generator=g)
+    q, _ = torch.linalg.qr(torch.randn(12, 12, generator=g))
+    y = 3.0 * x @ q  # rows are normalised first, and an orthogonal map keeps every inner product
+    assert cka(x, y) == pytest.approx(1.0, abs=1e-4)
+    assert unbiased_cka(x, y) == pytest.approx(1.0, abs=1e-4)
+    assert mutual_knn(x, y, 5) == pytest.approx(1.0)
+
+
+def test_independent_noise_scores_near_zero():
+    g = torch.Generator().manual_seed(2)
+    a, b = torch.randn(400, 64, generator=g), torch.randn(400, 32, generator=g)
+    assert mutual_knn(a, b, 10) < 0.08  # chance is 10/399
+    assert abs(unbiased_cka(a, b)) < 0.05
+    assert abs(cknna(a, b, 10)) < 0.1
+    assert cka(a, b) < 0.3  # the biased estimate keeps a positive floor at finite N
+    assert cka(a, b) < cka(a, a[:, :32] + 0.1 * b)  # and sees a shared part
+
+
+def test_mutual_knn_by_hand():
+    # 1-D points on a line: neighbours are obvious
+    a = torch.tensor([[1.0, 0.0], [0.99, 0.14], [0.0, 1.0], [-0.14, 0.99]])
+    b = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.99, 0.14], [-0.14, 0.99]])
+    # k=1: a pairs (0,1),(2,3); b pairs (0,2),(1,3): no neighbour in common
+    assert mutual_knn(a, b, 1) == 0.0
+    assert mutual_knn(a, a, 1) == 1.0
+
+
+def test_hsic_estimators_against_their_definitions():
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(7, 3, generator=g).double(), torch.randn(7, 4, generator=g).double()
+    K, L = x @ x.T, y @ y.T
+    n = 7
+    Kc = K - K.mean(0) - K.mean(1, keepdim=True) + K.mean()
+    assert hsic_biased(K, L).item() == pytest.approx((Kc * L).sum().item(), rel=1e-9)
+    # the U-statistic of Song et al. (2012) over ordered tuples of distinct indices
+    total = sum(K[i, j] * L[i, j] + K[i, j] * L[q, r] - 2 * K[i, j] * L[i, q]
+                for i, j, q, r in itertools.permutations(range(n), 4))
+    assert hsic_unbiased(K, L).item() == pytest.approx(total.item() / (n * (n - 1) * (n - 2) * (n - 3)), rel=1e-9)
+
+
+def test_cknna_uses_only_mutual_neighbour_pairs():
+    g = torch.Generator().manual_seed(4)
+    a = torch.randn(80, 8, generator=g)
+    b = a + 0.05 * torch.randn(80, 8, generator=g)
+    assert cknna(a, b, 10) > 0.8
+    with pytest.raises(ValueError):
+        cknna(a, b, 1)
+
+
+def test_bootstrap_ci_and_mann_whitney_match_scipy():
+    x = np.array([0.61, 0.72, 0.55, 0.80, 0.67])
+    ci = mean_ci(x, seed=0)
+    ref = sps.bootstrap((x,), np.mean, confidence_level=0.95, n_resamples=10_000, method="percentile",
+                        random_state=np.random.default_rng(0)).confidence_interval
+    assert ci["mean"] == pytest.approx(x.mean())
+    assert (ci["low"], ci["high"]) == pytest.approx((ref.low, ref.high))
+    assert ci["low"] < x.mean() < ci["high"]
+    a, b = [0.9, 0.8, 0.85, 0.7], [0.1, 0.3, 0.2, 0.75, 0.4]
+    mw = mann_whitney(a, b)
+    ref = sps.mannwhitneyu(a, b, alternative="two-sided")
+    assert mw["u"] == ref.statistic and mw["p_value"] == pytest.approx(ref.pvalue)
+    # 19 of the 20 pairs have a above b: rank-biserial = (19 - 1) / 20
+    assert mw["rank_biserial"] == pytest.approx(0.9)
