@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from mirroralign.config import load_config
 from mirroralign.data.store import EpisodeStore, sha256_file
 from mirroralign.errors import UsageError
-from mirroralign.train import (NumericalError, _text_embeddings, build_models, compute_loss, make_dataset,
+from mirroralign.train import (NumericalError, build_models, compute_loss, make_dataset,
                                make_optimizer, sample_batch, train)
 
 
@@ -21,7 +21,7 @@ def _setup(tiny_dataset, mode, *overrides):
     config = load_config("tiny", overrides=list(overrides))
     store = EpisodeStore(tiny_dataset)
     ds = make_dataset(store, config, mode)
-    models = build_models(config, mode, store, ds.texts, ds.text_variation, _text_embeddings(tuple(ds.texts)))
+    models = build_models(config, mode, store)
     return config, ds, models
 
 

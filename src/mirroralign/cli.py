@@ -84,6 +84,14 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    from mirroralign.evaluate.run import evaluate
+
+    out = evaluate(args.run, args.data, args.out, view=args.view, episodes=args.episodes, workers=args.workers)
+    print(f"evaluation: {out / 'metrics.json'}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from mirroralign.config import load_config
     from mirroralign.data.generate import generate
@@ -128,6 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     _config_args(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="recognition accuracy and simulator rollouts of a trained run")
+    p.add_argument("--run", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--view", help="camera the clips are seen from (default: the dataset's observer camera)")
+    p.add_argument("--episodes", type=int, help="rollout episodes per variation")
+    p.add_argument("--workers", type=int, help="simulator worker processes")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="run the whole chain on a small preset and print where the result is")
     p.add_argument("--out", default="mirroralign-demo")

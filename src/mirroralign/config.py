@@ -99,6 +99,17 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    episodes: int = 10  # rollout episodes per variation (>= 25 for per-task claims: ~±15 points at 10)
+    workers: int = 2  # simulator processes; the policy runs batched in the main process
+    execute_steps: int = 4  # actions of each predicted chunk executed open-loop before re-planning
+    max_steps: int = 300  # a rollout that has not succeeded by then fails
+    videos: int = 4  # rollouts saved as mp4 (agent and observer views)
+    early_fraction: float = 0.5  # recognition_early sees this leading fraction of each clip
+    worker_timeout_s: float = 120.0  # a worker silent this long is restarted and its episode retried
+
+
+@dataclass
 class Config:
     preset: str = "quick"
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -106,6 +117,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -181,6 +193,13 @@ def validate(config: Config) -> None:
          f"got {u.tap_layer!r}"),
         (x.tap_layer in ["last", *[f"blocks.{i}" for i in range(x.layers)]],
          f"model.execution.tap_layer must be last or blocks.<i> of an existing block, got {x.tap_layer!r}"),
+    ]
+    v = config.eval
+    checks += [
+        (v.episodes > 0 and v.workers > 0, "eval.episodes and eval.workers must be positive"),
+        (v.execute_steps > 0 and 0 < v.max_steps <= 500, "eval.execute_steps must be positive, eval.max_steps 1..500"),
+        (0 < v.early_fraction <= 1 and v.videos >= 0 and v.worker_timeout_s > 0,
+         "eval.early_fraction must be in (0, 1], eval.videos >= 0, eval.worker_timeout_s > 0"),
     ]
     for ok, message in checks:
         if not ok:

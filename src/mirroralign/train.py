@@ -15,7 +15,7 @@ import json
 import math
 import signal
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -60,13 +60,13 @@ def _text_embeddings(texts: tuple[str, ...]) -> torch.Tensor:
     return encode_texts(list(texts))
 
 
-def build_models(config: Config, mode: str, store: EpisodeStore, texts: list[str], text_variation: list[int],
-                 text_embeddings: torch.Tensor) -> nn.ModuleDict:
+def build_models(config: Config, mode: str, store: EpisodeStore) -> nn.ModuleDict:
     size = store.manifest["image_size"]
+    text_embeddings = _text_embeddings(tuple(store.texts))
     parts = {}
     if "understanding" in PARTS[mode]:
         parts["understanding"] = UnderstandingModel(config.model.understanding, size, text_embeddings,
-                                                    torch.tensor(text_variation))
+                                                    torch.tensor(store.text_variation))
     if "execution" in PARTS[mode]:
         parts["execution"] = ExecutionPolicy(config.model.execution, len(store.manifest["cameras"]["agent"]),
                                              proprio_dim=4, action_dim=4, text_embeddings=text_embeddings)
@@ -221,9 +221,8 @@ def train(config: Config, mode: str, data: str | Path, out: str | Path, progress
     device = torch.device("cuda" if config.train.device == "auto" and torch.cuda.is_available()
                           else "cpu" if config.train.device == "auto" else config.train.device)
     torch.manual_seed(config.train.seed)
-    text_embeddings = _text_embeddings(tuple(dataset.texts))
     try:
-        models = build_models(config, mode, store, dataset.texts, dataset.text_variation, text_embeddings).to(device)
+        models = build_models(config, mode, store).to(device)
     except ValueError as err:
         raise UsageError(str(err)) from None
     optimizer = make_optimizer(models, config)
@@ -288,6 +287,34 @@ def train(config: Config, mode: str, data: str | Path, out: str | Path, progress
         metrics.close()
         writer.close()
     return run
+
+
+@dataclass
+class LoadedRun:
+    path: Path
+    mode: str
+    config: Config
+    store: EpisodeStore  # the dataset the run was trained on
+    models: nn.ModuleDict
+    step: int
+
+
+def load_run(run: str | Path, checkpoint: str | None = None) -> LoadedRun:
+    """A trained run, ready for evaluation: its config, its data and its models (eval mode) at the latest
+    checkpoint, or at `checkpoint` (a `step_*.json` name)."""
+    run = Path(run)
+    if not (run / "run.json").is_file():
+        raise UsageError(f"not a mirroralign run (no run.json): {run}")
+    if not (run / CHECKPOINTS / "latest.json").is_file():
+        raise UsageError(f"run has no checkpoint yet: {run}")
+    identity = read_json(run / "run.json", "run record")["identity"]
+    config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), identity["config"]))
+    mode = identity["mode"]
+    store = EpisodeStore(identity["data"])
+    models = build_models(config, mode, store)
+    meta = read_json(run / CHECKPOINTS / checkpoint, "checkpoint record") if checkpoint else None
+    step = restore(run, models, meta=meta)
+    return LoadedRun(run, mode, config, store, models.eval(), step)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

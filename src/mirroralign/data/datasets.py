@@ -14,9 +14,16 @@ from torch.utils.data import Dataset
 from mirroralign.data.store import EpisodeStore
 
 
+def uniform_indices(start: int, end: int, frames: int) -> np.ndarray:
+    """`frames` frame indices evenly over [start, end], both ends included."""
+    return np.floor(np.linspace(start, end, frames) + 0.5).astype(np.int64)
+
+
 class _Episodes(Dataset):
     def __init__(self, store: EpisodeStore | str, split: str = "train", train: bool | None = None,
-                 observer_camera: str | None = None, agent_cameras: list[str] | None = None):
+                 observer_camera: str | None = None, agent_cameras: list[str] | None = None,
+                 fraction: float = 1.0):
+        self.fraction = fraction  # whole-episode clips cover this leading fraction (early recognition)
         self.store = store if isinstance(store, EpisodeStore) else EpisodeStore(store)
         cams = self.store.manifest["cameras"]
         self.observer_camera = observer_camera or cams["observer"][0]
@@ -27,11 +34,7 @@ class _Episodes(Dataset):
         self.split = split
         self.train = (split == "train") if train is None else train
         self.variations = self.store.variations
-        # every instruction text of the dataset in one flat list (canonical first per variation): models
-        # look a sample's text embedding up by its `text_index`
-        self.texts = [t for v in self.variations for t in v.instructions]
-        self.text_variation = [i for i, v in enumerate(self.variations) for _ in v.instructions]
-        self._text_offset = np.cumsum([0] + [len(v.instructions) for v in self.variations])[:-1].tolist()
+        self.texts, self.text_variation = self.store.texts, self.store.text_variation
         self.tasks = sorted({v.task for v in self.variations})
         self.episode_ids = self.store.episode_ids(split)
         self.episodes = [self._load(eid) for eid in self.episode_ids]
@@ -51,7 +54,7 @@ class _Episodes(Dataset):
     def text_index(self, variation: int) -> int:
         """A random paraphrase (canonical included) when training, the canonical instruction otherwise."""
         n = len(self.variations[variation].instructions)
-        return self._text_offset[variation] + (int(torch.randint(n, ())) if self.train else 0)
+        return self.store.canonical_text[variation] + (int(torch.randint(n, ())) if self.train else 0)
 
     def _labels(self, e: int) -> dict:
         ep = self.episodes[e]
@@ -60,20 +63,19 @@ class _Episodes(Dataset):
                 "instruction": self.texts[text]}
 
     def _clip_indices(self, start: int, end: int, frames: int) -> np.ndarray:
-        """`frames` indices spread over [start, end]: segment centres (eval) or a random one per segment (train)."""
+        """`frames` indices spread over [start, end]: evenly, first and last included (eval), or a random one
+        per segment (train)."""
+        if not self.train:
+            return uniform_indices(start, end, frames)
         edges = np.linspace(start, end + 1, frames + 1)
-        if self.train:
-            u = torch.rand(frames).numpy()
-            idx = edges[:-1] + u * (edges[1:] - edges[:-1])
-        else:
-            idx = np.linspace(start, end, frames)
-        return np.clip(np.floor(idx + (0 if self.train else 0.5)), start, end).astype(np.int64)
+        idx = edges[:-1] + torch.rand(frames).numpy() * (edges[1:] - edges[:-1])
+        return np.clip(np.floor(idx), start, end).astype(np.int64)
 
     def _clip(self, e: int, frames: int, window: int | None, t: int | None) -> torch.Tensor:
         ep = self.episodes[e]
         last = ep["length"]  # frames 0..T
         if window is None:
-            start, end = 0, last
+            start, end = 0, round(last * self.fraction)
         else:
             centre = int(torch.randint(last + 1, ())) if t is None else t
             start = max(0, min(centre - window // 2, last - window))

@@ -141,6 +141,11 @@ class EpisodeStore:
         except (KeyError, TypeError, ValueError) as err:
             raise DataError(f"manifest damaged: {self.root / MANIFEST} (bad field {err})") from None
         self.variation_index = {v.id: i for i, v in enumerate(self.variations)}
+        # every instruction text in one flat list (canonical first per variation) and its variation index:
+        # models look a sample's text embedding up by its row here (`text_index`)
+        self.texts = [t for v in self.variations for t in v.instructions]
+        self.text_variation = [i for i, v in enumerate(self.variations) for _ in v.instructions]
+        self.canonical_text = [self.text_variation.index(i) for i in range(len(self.variations))]
 
     def episode_ids(self, split: str | None = None) -> list[str]:
         if split is None:

@@ -61,8 +61,8 @@ class Env(abc.ABC):
     def reset(self, variation: Variation, scene_seed: int) -> Observation: ...
 
     @abc.abstractmethod
-    def step(self, action: np.ndarray) -> tuple[Observation, float, bool]:
-        """Apply one action; returns (observation, reward, success)."""
+    def step(self, action: np.ndarray, render: bool = True) -> tuple[Observation, float, bool]:
+        """Apply one action; returns (observation, reward, success). `render=False` skips the images."""
 
     @abc.abstractmethod
     def expert_action(self) -> np.ndarray:

@@ -129,9 +129,9 @@ class MetaWorldEnv(Env):
             raise _LayoutRejected
         return self._layout
 
-    def step(self, action: np.ndarray) -> tuple[Observation, float, bool]:
+    def step(self, action: np.ndarray, render: bool = True) -> tuple[Observation, float, bool]:
         self._state_obs, reward, _, _, info = self.raw.step(np.asarray(action, dtype=np.float32))
-        return self._observe(), float(reward), bool(info["success"])
+        return self._observe(render), float(reward), bool(info["success"])
 
     def expert_action(self) -> np.ndarray:
         return np.clip(self._expert.get_action(self._state_obs), -1.0, 1.0).astype(np.float32)
@@ -140,9 +140,9 @@ class MetaWorldEnv(Env):
         d = self.raw.data
         return np.concatenate([d.qpos, d.qvel, d.mocap_pos.ravel(), d.mocap_quat.ravel()])
 
-    def _observe(self) -> Observation:
+    def _observe(self, render: bool = True) -> Observation:
         images = {}
-        for cam in self.render_cameras:
+        for cam in self.render_cameras if render else ():
             self._renderer.update_scene(self.raw.data, camera=cam, scene_option=self._scene_option)
             img = self._renderer.render()
             images[cam] = np.ascontiguousarray(img[::-1, ::-1]) if self._flipped[cam] else img.copy()

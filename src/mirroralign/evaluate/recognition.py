@@ -1,0 +1,66 @@
+"""Recognition accuracy of an understanding model on the test scenes, from any camera.
+
+Clips for the dataset's own observer camera are read from the store. For any other camera, the stored expert
+actions are replayed from the stored scene seeds and rendered from that camera (the simulator is
+deterministic: a replay reproduces the episode), so recognition from a viewpoint never seen in training is
+one flag away.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from mirroralign.data.datasets import ObserverClips, uniform_indices
+from mirroralign.data.store import EpisodeStore
+from mirroralign.envs import make_env, simulator_cameras
+from mirroralign.errors import UsageError
+
+
+def replay_frames(store: EpisodeStore, episode_id: str, camera: str, fidelity: str = "fast") -> np.ndarray:
+    """[T+1, H, W, 3] frames of a stored episode re-rendered from `camera` by replaying its actions."""
+    meta = store.episodes[episode_id]
+    variation = store.variations[store.variation_index[meta["variation"]]]
+    env = make_env(store.manifest["simulator"], variation.task, store.manifest["image_size"], [camera], fidelity)
+    actions = store.load(episode_id)["actions"]
+    frames = [env.reset(variation, meta["scene_seed"]).images[camera]]
+    for action in actions:
+        frames.append(env.step(action)[0].images[camera])
+    return np.stack(frames)
+
+
+def test_clips(store: EpisodeStore, view: str, frames: int, fraction: float = 1.0,
+               progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Test-split clips [N, F, 3, H, W] uint8 seen from `view`, and their variation indices [N]."""
+    if view in store.manifest["cameras"]["observer"]:
+        ds = ObserverClips(store, "test", frames=frames, train=False, observer_camera=view, fraction=fraction)
+        items = [ds[i] for i in range(len(ds))]
+        return torch.stack([x["video"] for x in items]), torch.tensor([x["variation"] for x in items])
+    if view not in simulator_cameras(store.manifest["simulator"]):
+        raise UsageError(f"unknown camera {view!r} (known: {', '.join(simulator_cameras(store.manifest['simulator']))})")
+    videos, labels = [], []
+    for eid in tqdm(store.episode_ids("test"), desc=f"render {view}", disable=not progress):
+        all_frames = replay_frames(store, eid, view)
+        idx = uniform_indices(0, round((len(all_frames) - 1) * fraction), frames)
+        videos.append(torch.from_numpy(np.ascontiguousarray(all_frames[idx].transpose(0, 3, 1, 2))))
+        labels.append(store.variation_index[store.episodes[eid]["variation"]])
+    return torch.stack(videos), torch.tensor(labels)
+
+
+@torch.no_grad()
+def recognition_scores(model, videos: torch.Tensor, labels: torch.Tensor, variation_ids: list[str],
+                       batch_size: int = 32) -> dict:
+    """Top-1 and top-5 accuracy, overall and per variation; `predictions` for a confusion matrix."""
+    logits = torch.cat([model.recognize({"video": videos[i:i + batch_size]}) for i in range(0, len(videos), batch_size)])
+    ranked = logits.argsort(dim=1, descending=True)
+    top1 = ranked[:, 0] == labels
+    top5 = (ranked[:, :5] == labels[:, None]).any(1)
+    per_variation = {}
+    for v, vid in enumerate(variation_ids):
+        sel = labels == v
+        if sel.any():
+            per_variation[vid] = {"top1": top1[sel].float().mean().item(), "top5": top5[sel].float().mean().item(),
+                                  "n": int(sel.sum())}
+    return {"top1": top1.float().mean().item(), "top5": top5.float().mean().item(), "n": len(labels),
+            "per_variation": per_variation, "predictions": ranked[:, 0].tolist(), "labels": labels.tolist()}

@@ -1,0 +1,94 @@
+"""`mirroralign evaluate`: recognition (understand / mirror runs) and rollouts (execute / mirror runs) into
+EVAL/metrics.json, rollout episodes into EVAL/rollouts (store format), a few mp4 videos into EVAL/videos."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from mirroralign.analysis.stats import mean_ci
+from mirroralign.data.store import EpisodeStore, write_episode, write_json_atomic
+from mirroralign.envs import simulator_cameras
+from mirroralign.errors import DataError, UsageError
+from mirroralign.evaluate.recognition import recognition_scores, test_clips
+from mirroralign.evaluate.rollouts import run_rollouts
+from mirroralign.train import load_run
+
+METRICS = "metrics.json"
+
+
+def write_mp4(path: Path, frames: np.ndarray, fps: int = 20) -> None:
+    import av
+
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
+        container.mux(stream.encode())
+
+
+def rollout_metrics(records: list[dict], store: EpisodeStore) -> dict:
+    success = [r["success"] for r in records]
+    by_variation, by_task = defaultdict(list), defaultdict(list)
+    for r in records:
+        by_variation[r["variation_id"]].append(r["success"])
+        by_task[store.variations[r["variation"]].task].append(r["success"])
+    rates = lambda groups: {k: {"success_rate": float(np.mean(v)), "n": len(v)} for k, v in groups.items()}  # noqa: E731
+    ci = mean_ci(np.asarray(success, float))
+    return {"success_rate": ci["mean"], "ci95": [ci["low"], ci["high"]], "n": len(records),
+            "per_variation": rates(by_variation), "per_task": rates(by_task),
+            "episodes": [{k: r[k] for k in ("variation_id", "k", "scene_seed", "success", "steps")} for r in records]}
+
+
+def evaluate(run: str | Path, data: str | Path, out: str | Path, view: str | None = None,
+             episodes: int | None = None, workers: int | None = None, progress: bool = True) -> Path:
+    loaded = load_run(run)
+    try:
+        store = EpisodeStore(data)
+    except DataError as err:
+        raise UsageError(f"--data is not a verified dataset: {err}") from None
+    if [v.id for v in store.variations] != [v.id for v in loaded.store.variations]:
+        raise UsageError("--data has other variations than the run was trained on")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(p.name != METRICS for p in out.iterdir())):
+        raise UsageError(f"output exists and is not an evaluation directory: {out}")
+    config = loaded.config
+    if workers is not None:
+        config.eval.workers = workers
+    if episodes is not None and episodes <= 0:
+        raise UsageError(f"--episodes must be positive, got {episodes}")
+    view = view or store.manifest["cameras"]["observer"][0]
+    known = simulator_cameras(store.manifest["simulator"])
+    if view not in known:
+        raise UsageError(f"unknown camera {view!r} (known: {', '.join(known)})")
+    metrics = {"run": str(loaded.path), "mode": loaded.mode, "step": loaded.step, "data": str(store.root)}
+    ids = [v.id for v in store.variations]
+
+    if "understanding" in loaded.models:
+        model, frames = loaded.models["understanding"], config.model.understanding.frames
+        videos, labels = test_clips(store, view, frames, progress=progress)  # validates `view` first
+        metrics["recognition"] = {**recognition_scores(model, videos, labels, ids), "view": view}
+        videos, labels = test_clips(store, view, frames, config.eval.early_fraction, progress=progress)
+        metrics["recognition_early"] = {**recognition_scores(model, videos, labels, ids), "view": view,
+                                        "fraction": config.eval.early_fraction}
+    out.mkdir(parents=True, exist_ok=True)
+    if "execution" in loaded.models:
+        records, stats = run_rollouts(loaded.models["execution"], store, config, seed=config.data.seed,
+                                      episodes=episodes, progress=progress)
+        metrics["rollouts"] = {**rollout_metrics(records, store), **stats}
+        (out / "videos").mkdir(exist_ok=True)
+        for r in records:
+            eid = f"{r['variation_id']}/rollout-{r['k']:04d}"
+            meta = {k: r[k] for k in ("variation_id", "k", "scene_seed", "success", "steps")}
+            write_episode(out / "rollouts", eid, r["arrays"], meta)
+        for r in records[:: max(1, len(records) // max(1, config.eval.videos))][: config.eval.videos]:
+            name = f"{r['variation_id']}-{r['k']:04d}-{'success' if r['success'] else 'failure'}"
+            for key, arr in r["arrays"].items():
+                if key.startswith(("observer.", "agent.")):
+                    write_mp4(out / "videos" / f"{name}-{key}.mp4", arr)
+    write_json_atomic(out / METRICS, metrics)
+    return out

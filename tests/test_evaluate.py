@@ -1,0 +1,102 @@
+import json
+import os
+import signal
+import threading
+import time
+
+import multiprocessing
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli
+
+from mirroralign.config import load_config
+from mirroralign.data.store import EpisodeStore
+from mirroralign.evaluate.recognition import recognition_scores, replay_frames
+from mirroralign.evaluate.rollouts import run_rollouts
+from mirroralign.train import load_run
+
+
+@pytest.fixture(scope="session")
+def mirror_run(tiny_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "mirror"
+    r = run_cli("train", "--mode", "mirror", "--data", tiny_dataset, "--preset", "tiny", "train.steps=20",
+                "eval.max_steps=40", "--out", out)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_replaying_stored_actions_reproduces_the_stored_frames(tiny_dataset):
+    store = EpisodeStore(tiny_dataset)
+    eid = store.episode_ids("test")[0]
+    stored = store.load(eid)["observer.corner"]
+    assert np.array_equal(replay_frames(store, eid, "corner"), stored)
+
+
+def test_recognition_scores_by_hand():
+    class Fixed:  # a stand-in model whose scores are chosen by hand
+        def recognize(self, batch):
+            return torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.3, 0.5], [0.1, 0.8, 0.1], [0.4, 0.5, 0.1]])[: len(batch["video"])]
+
+    labels = torch.tensor([0, 1, 1, 0])
+    s = recognition_scores(Fixed(), torch.zeros(4, 2, 3, 8, 8), labels, ["a", "b", "c"], batch_size=4)
+    assert s["top1"] == 0.5 and s["top5"] == 1.0 and s["n"] == 4  # 3 classes: every label is in the top 5
+    assert s["per_variation"] == {"a": {"top1": 0.5, "top5": 1.0, "n": 2}, "b": {"top1": 0.5, "top5": 1.0, "n": 2}}
+    assert s["predictions"] == [0, 2, 1, 1]
+
+
+def test_evaluate_mirror_run_from_an_unseen_view(mirror_run, tiny_dataset, tmp_path):
+    out = tmp_path / "eval"
+    r = run_cli("evaluate", "--run", mirror_run, "--data", tiny_dataset, "--out", out, "--view", "corner4",
+                "--episodes", 1)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["recognition"]["view"] == "corner4" and m["recognition"]["n"] == 6
+    assert 0 <= m["recognition"]["top1"] <= m["recognition"]["top5"] <= 1
+    assert m["recognition_early"]["fraction"] == 0.5
+    ro = m["rollouts"]
+    assert ro["n"] == 6 and len(ro["episodes"]) == 6
+    assert ro["success_rate"] == np.mean([e["success"] for e in ro["episodes"]])
+    assert ro["ci95"][0] <= ro["success_rate"] <= ro["ci95"][1]
+    assert all(e["steps"] <= 40 for e in ro["episodes"])
+    assert list((out / "videos").glob("*.mp4")) and (out / "rollouts").is_dir()
+
+
+def test_rollouts_survive_a_worker_crash(mirror_run):
+    loaded = load_run(mirror_run)
+    config = loaded.config
+    config.eval.max_steps, config.eval.workers = 40, 2
+    result = {}
+
+    def go():
+        result["out"] = run_rollouts(loaded.models["execution"], loaded.store, config, episodes=2, progress=False)
+
+    thread = threading.Thread(target=go)
+    thread.start()
+    deadline = time.time() + 120
+    while len(multiprocessing.active_children()) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(3)  # let the workers get into their episodes
+    os.kill(multiprocessing.active_children()[0].pid, signal.SIGKILL)
+    thread.join(timeout=600)
+    assert not thread.is_alive()
+    records, stats = result["out"]
+    assert stats["worker_restarts"] >= 1
+    assert sorted((r["variation"], r["k"]) for r in records) == [(v, k) for v in range(6) for k in range(2)]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--view", "eyeball"], "unknown camera"),
+    (["--episodes", "0"], "--episodes"),
+])
+def test_evaluate_rejects_bad_input(mirror_run, tiny_dataset, tmp_path, args, needle):
+    out = tmp_path / "eval"
+    r = run_cli("evaluate", "--run", mirror_run, "--data", tiny_dataset, "--out", out, *args)
+    assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_evaluate_rejects_a_run_without_checkpoint(tiny_dataset, tmp_path):
+    (tmp_path / "run").mkdir()
+    r = run_cli("evaluate", "--run", tmp_path / "run", "--data", tiny_dataset, "--out", tmp_path / "eval")
+    assert r.returncode == 2 and not (tmp_path / "eval").exists()
