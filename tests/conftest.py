@@ -36,3 +36,12 @@ def dataset_copy(tiny_dataset, tmp_path) -> Path:
     dst = tmp_path / "copy"
     shutil.copytree(tiny_dataset, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def mirror_run(tiny_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "mirror"
+    r = run_cli("train", "--mode", "mirror", "--data", tiny_dataset, "--preset", "tiny", "train.steps=20",
+                "eval.max_steps=40", "--out", out)
+    assert r.returncode == 0, r.stderr
+    return out

@@ -17,15 +17,6 @@ from mirroralign.evaluate.rollouts import run_rollouts
 from mirroralign.train import load_run
 
 
-@pytest.fixture(scope="session")
-def mirror_run(tiny_dataset, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "mirror"
-    r = run_cli("train", "--mode", "mirror", "--data", tiny_dataset, "--preset", "tiny", "train.steps=20",
-                "eval.max_steps=40", "--out", out)
-    assert r.returncode == 0, r.stderr
-    return out
-
-
 def test_replaying_stored_actions_reproduces_the_stored_frames(tiny_dataset):
     store = EpisodeStore(tiny_dataset)
     eid = store.episode_ids("test")[0]

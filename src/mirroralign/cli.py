@@ -92,6 +92,14 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_analyze(args) -> int:
+    from mirroralign.analysis.run import analyze
+
+    out = analyze(args.runs, args.data, args.out, rollouts=args.rollouts)
+    print(f"analysis: {out / 'analysis.json'}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from mirroralign.config import load_config
     from mirroralign.data.generate import generate
@@ -145,6 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, help="rollout episodes per variation")
     p.add_argument("--workers", type=int, help="simulator worker processes")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("analyze", help="probe, metrics and success-vs-failure of the two models' representations")
+    p.add_argument("--runs", nargs="+", required=True, help="one mirror run, or an understand and an execute run")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--rollouts", help="an evaluation directory whose rollouts get success-vs-failure scores")
+    p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("demo", help="run the whole chain on a small preset and print where the result is")
     p.add_argument("--out", default="mirroralign-demo")

@@ -122,6 +122,25 @@ def check_episode_files(root: Path, episode_id: str, files: dict[str, str]) -> l
     return bad
 
 
+def read_arrays(folder: Path) -> dict[str, np.ndarray]:
+    group = zarr.open_group(Path(folder) / ARRAYS, mode="r")
+    return {name: arr[...] for name, arr in group.arrays()}
+
+
+def load_episode_folder(folder: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """(meta, arrays) of an episode folder outside a dataset (e.g. a rollout), checked against its meta."""
+    folder = Path(folder)
+    meta = read_json(folder / META, "episode meta")
+    bad = [str(folder / rel) for rel, digest in meta.get("files", {}).items()
+           if not (folder / rel).is_file() or sha256_file(folder / rel) != digest]
+    if bad or not meta.get("files"):
+        raise DataError(f"episode {folder} is damaged: {bad[0] if bad else 'no file list'}")
+    try:
+        return meta, read_arrays(folder)
+    except Exception as err:
+        raise DataError(f"episode {folder} is damaged: {err}") from None
+
+
 class EpisodeStore:
     """A finished dataset: its manifest, and verified reads of its episodes."""
 
@@ -170,7 +189,6 @@ class EpisodeStore:
         if bad:
             raise DataError(f"episode {episode_id} is damaged: {bad[0]} does not match its checksum")
         try:
-            group = zarr.open_group(episode_path(self.root, episode_id) / ARRAYS, mode="r")
-            return {name: arr[...] for name, arr in group.arrays()}
+            return read_arrays(episode_path(self.root, episode_id))
         except Exception as err:  # the crc32c codec or the decoder refused a chunk
             raise DataError(f"episode {episode_id} is damaged: {err}") from None

@@ -1,0 +1,58 @@
+"""The spontaneous-alignment probe: both models frozen, only two linear maps trained with a bidirectional
+InfoNCE on train episodes; Recall@1 both ways on test episodes, a retrieval counting as correct when it has
+the same instruction."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from mirroralign.models.align import Aligner, info_nce
+
+
+def train_probe(u: torch.Tensor, e: torch.Tensor, groups: torch.Tensor, dim: int = 256, temperature: float = 0.1,
+                steps: int = 300, lr: float = 1e-3, seed: int = 0) -> Aligner:
+    """Full-batch training of two linear maps on frozen representations u [N, Du] and e [N, De]."""
+    torch.manual_seed(seed)
+    probe = Aligner(u.shape[1], e.shape[1], dim, temperature)
+    opt = torch.optim.Adam(probe.parameters(), lr=lr)
+    # standardise each space with train statistics, so one learning rate suits any representation scale
+    probe.stats = (u.mean(0), u.std(0) + 1e-6, e.mean(0), e.std(0) + 1e-6)
+    un, en = standardise(probe, u, e)
+    for _ in range(steps):
+        a, b = probe.project(un, en)
+        loss = info_nce(a, b, groups, temperature)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return probe.eval()
+
+
+def standardise(probe: Aligner, u: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    mu_u, sd_u, mu_e, sd_e = probe.stats
+    return (u - mu_u) / sd_u, (e - mu_e) / sd_e
+
+
+@torch.no_grad()
+def shared_space(probe: Aligner, u: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return probe.project(*standardise(probe, u, e))
+
+
+@torch.no_grad()
+def recall_at_1(a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of rows of `a` whose nearest row of `b` (cosine) has the same label."""
+    nearest = (F.normalize(a, dim=1) @ F.normalize(b, dim=1).T).argmax(1)
+    return (labels[nearest] == labels).float().mean().item()
+
+
+def chance_recall(labels: torch.Tensor) -> float:
+    """Expected Recall@1 of a random retrieval: the mean share of the gallery carrying the query's label."""
+    same = (labels[:, None] == labels[None, :]).float()
+    return same.mean(1).mean().item()
+
+
+def probe_scores(train_u, train_e, train_groups, test_u, test_e, test_labels, **kw) -> tuple[dict, Aligner]:
+    probe = train_probe(train_u, train_e, train_groups, **kw)
+    a, b = shared_space(probe, test_u, test_e)
+    return {"r1_u2e": recall_at_1(a, b, test_labels), "r1_e2u": recall_at_1(b, a, test_labels),
+            "chance": chance_recall(test_labels), "n_train": len(train_u), "n_test": len(test_u)}, probe

@@ -1,0 +1,144 @@
+"""`mirroralign analyze`: representations of both models on the same episodes, the probe, the metrics,
+success vs failure of rollouts, and the probe over training checkpoints -> ADIR/analysis.json and
+ADIR/representations.safetensors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from mirroralign.analysis.metrics import all_metrics, mutual_knn
+from mirroralign.analysis.probe import probe_scores, recall_at_1, shared_space
+from mirroralign.analysis.stats import mann_whitney
+from mirroralign.data.datasets import ObserverClips, uniform_indices
+from mirroralign.data.store import EPISODES, EpisodeStore, load_episode_folder, write_json_atomic
+from mirroralign.errors import DataError, UsageError
+from mirroralign.train import CHECKPOINTS, LoadedRun, load_run
+
+STEPS_PER_EPISODE = 8  # the execution representation of an episode: the mean over this many evenly spaced steps
+
+
+def _chw(frames: np.ndarray) -> np.ndarray:  # [..., H, W, 3] -> [..., 3, H, W]
+    return np.ascontiguousarray(np.moveaxis(frames, -1, -3))
+
+
+@torch.no_grad()
+def episode_representations(u_model, e_model, episodes: list[dict], frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, Du] of each episode's observer clip and [N, De] mean over evenly spaced agent steps. `episodes`:
+    dicts with observer [T+1, 3, H, W], agent [T+1, C, 3, H, W], proprio [T+1, P], length, text_index."""
+    us, es = [], []
+    for ep in episodes:
+        clip = torch.from_numpy(ep["observer"][uniform_indices(0, ep["length"], frames)])[None]
+        us.append(u_model.representation({"video": clip})[0])
+        ts = uniform_indices(0, ep["length"] - 1, STEPS_PER_EPISODE)
+        steps = {"images": torch.from_numpy(ep["agent"][ts]), "proprio": torch.from_numpy(ep["proprio"][ts]),
+                 "text_index": torch.full((len(ts),), ep["text_index"])}
+        es.append(e_model.representation(steps).mean(0))
+    return torch.stack(us), torch.stack(es)
+
+
+def split_episodes(store: EpisodeStore, split: str) -> tuple[list[dict], torch.Tensor]:
+    ds = ObserverClips(store, split, train=False)
+    for ep in ds.episodes:
+        ep["text_index"] = store.canonical_text[ep["variation"]]
+    return ds.episodes, torch.tensor([ep["variation"] for ep in ds.episodes])
+
+
+def rollout_episodes(eval_dir: Path, store: EpisodeStore) -> tuple[list[dict], list[bool]]:
+    cams = store.manifest["cameras"]
+    episodes, success = [], []
+    for folder in sorted((Path(eval_dir) / "rollouts" / EPISODES).glob("*/rollout-*")):
+        meta, arrays = load_episode_folder(folder)
+        v = store.variation_index[meta["variation_id"]]
+        episodes.append({"observer": _chw(arrays[f"observer.{cams['observer'][0]}"]),
+                         "agent": _chw(np.stack([arrays[f"agent.{c}"] for c in cams["agent"]], axis=1)),
+                         "proprio": arrays["proprio"], "length": int(meta["steps"]), "variation": v,
+                         "text_index": store.canonical_text[v]})
+        success.append(bool(meta["success"]))
+    if not episodes:
+        raise UsageError(f"no rollouts in {eval_dir} (run `mirroralign evaluate` on an execute or mirror run)")
+    return episodes, success
+
+
+def pick_models(runs: list[LoadedRun]) -> tuple:
+    modes = sorted(r.mode for r in runs)
+    if modes == ["mirror"]:
+        return runs[0].models["understanding"], runs[0].models["execution"]
+    if modes == ["execute", "understand"]:
+        by_mode = {r.mode: r for r in runs}
+        return by_mode["understand"].models["understanding"], by_mode["execute"].models["execution"]
+    raise UsageError(f"analyze takes one mirror run, or an understand run and an execute run (got: {', '.join(modes)})")
+
+
+def _representations_at(runs: list[LoadedRun], store, frames, train_eps, test_eps):
+    u_model, e_model = pick_models(runs)
+    return episode_representations(u_model, e_model, train_eps, frames), \
+        episode_representations(u_model, e_model, test_eps, frames)
+
+
+def analyze(run_dirs: list[str | Path], data: str | Path, out: str | Path, rollouts: str | Path | None = None,
+            k: int = 10) -> Path:
+    if not 1 <= len(run_dirs) <= 2:
+        raise UsageError("analyze takes one mirror run, or an understand run and an execute run")
+    runs = [load_run(r) for r in run_dirs]
+    pick_models(runs)  # validates the modes before anything is computed or written
+    try:
+        store = EpisodeStore(data)
+    except DataError as err:
+        raise UsageError(f"--data is not a verified dataset: {err}") from None
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"output path is a file: {out}")
+    frames = runs[0].config.model.understanding.frames
+    train_eps, train_groups = split_episodes(store, "train")
+    test_eps, test_labels = split_episodes(store, "test")
+    if len(test_eps) < 4:
+        raise UsageError(f"the test split has {len(test_eps)} episodes; the metrics need at least 4")
+    k = min(k, len(test_eps) - 1)
+
+    (train_u, train_e), (test_u, test_e) = _representations_at(runs, store, frames, train_eps, test_eps)
+    probe, probe_model = probe_scores(train_u, train_e, train_groups, test_u, test_e, test_labels)
+    shared_u, shared_e = shared_space(probe_model, test_u, test_e)
+    result = {"runs": {r.mode: str(r.path) for r in runs}, "data": str(store.root), "k": k,
+              "probe": probe, **all_metrics(test_u, test_e, k)}
+    if runs[0].mode == "mirror":  # retrieval in the space the aligner was trained for
+        a, b = runs[0].models["aligner"].project(test_u, test_e)
+        result["aligner"] = {"r1_u2e": recall_at_1(a, b, test_labels), "r1_e2u": recall_at_1(b, a, test_labels)}
+
+    if rollouts is not None:
+        episodes, success = rollout_episodes(Path(rollouts), store)
+        u_model, e_model = pick_models(runs)
+        ru, re = shared_space(probe_model, *episode_representations(u_model, e_model, episodes, frames))
+        score = F.cosine_similarity(ru, re).tolist()
+        ok = [s for s, good in zip(score, success) if good]
+        bad = [s for s, good in zip(score, success) if not good]
+        result["success_vs_failure"] = {"success_scores": ok, "failure_scores": bad,
+                                        "mean_success": float(np.mean(ok)) if ok else None,
+                                        "mean_failure": float(np.mean(bad)) if bad else None,
+                                        **mann_whitney(ok, bad)}
+
+    result["over_training"] = over_training(runs, store, frames, train_eps, train_groups, test_eps, test_labels, k)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({"understanding": test_u.contiguous(), "execution": test_e.contiguous(),
+               "instruction_id": test_labels, "episode_id": torch.arange(len(test_eps)),
+               "shared_understanding": shared_u.contiguous(), "shared_execution": shared_e.contiguous()},
+              str(out / "representations.safetensors"))
+    write_json_atomic(out / "analysis.json", result)
+    return out
+
+
+def over_training(runs, store, frames, train_eps, train_groups, test_eps, test_labels, k) -> list[dict]:
+    """The probe's Recall@1 and mutual k-NN at every checkpoint step the run(s) share."""
+    steps = set.intersection(*[{p.name for p in (r.path / CHECKPOINTS).glob("step_*.json")} for r in runs])
+    rows = []
+    for name in sorted(steps):
+        at = [load_run(r.path, checkpoint=name) for r in runs]
+        (tu, te), (su, se) = _representations_at(at, store, frames, train_eps, test_eps)
+        scores, _ = probe_scores(tu, te, train_groups, su, se, test_labels)
+        rows.append({"step": at[0].step, "r1_u2e": scores["r1_u2e"], "r1_e2u": scores["r1_e2u"],
+                     "mutual_knn": mutual_knn(su, se, k)})
+    return rows
