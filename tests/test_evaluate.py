@@ -33,7 +33,7 @@ def test_recognition_scores_by_hand():
     s = recognition_scores(Fixed(), torch.zeros(4, 2, 3, 8, 8), labels, ["a", "b", "c"], batch_size=4)
     assert s["top1"] == 0.5 and s["top5"] == 1.0 and s["n"] == 4  # 3 classes: every label is in the top 5
     assert s["per_variation"] == {"a": {"top1": 0.5, "top5": 1.0, "n": 2}, "b": {"top1": 0.5, "top5": 1.0, "n": 2}}
-    assert s["predictions"] == [0, 2, 1, 1]
+    assert s["predictions"] == [0, 2, 1, 1] and s["variation_ids"] == ["a", "b", "c"]
 
 
 def test_evaluate_mirror_run_from_an_unseen_view(mirror_run, tiny_dataset, tmp_path):

@@ -100,18 +100,42 @@ def cmd_analyze(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from mirroralign.report import report
+
+    print(f"report: {report(args.inputs, args.out)}")
+    return 0
+
+
 def cmd_demo(args) -> int:
+    """The whole chain on one preset; every stage resumes or reuses what an earlier demo left."""
+    from mirroralign.analysis.run import analyze
     from mirroralign.config import load_config
     from mirroralign.data.generate import generate
     from mirroralign.data.store import EpisodeStore
+    from mirroralign.evaluate.run import evaluate
+    from mirroralign.report import report
+    from mirroralign.train import train
 
     config = load_config(args.preset)
     out = Path(args.out)
-    root = generate(config, out / "data")
-    damaged = EpisodeStore(root).verify()
+    data = generate(config, out / "data")
+    damaged = EpisodeStore(data).verify()
     if damaged:
         raise DataError(f"demo dataset failed verification: {', '.join(damaged)}")
-    print(f"demo dataset ({config.preset} preset) generated and verified: {root}")
+    runs = {mode: train(config, mode, data, out / "runs" / mode) for mode in ("understand", "execute", "mirror")}
+    evals = {}
+    for mode, run in runs.items():
+        evals[mode] = out / "eval" / mode
+        if not (evals[mode] / "metrics.json").is_file():
+            evaluate(run, data, evals[mode])
+    analyses = {"independent": ([runs["understand"], runs["execute"]], evals["execute"]),
+                "mirror": ([runs["mirror"]], evals["mirror"])}
+    for name, (run_dirs, rollouts) in analyses.items():
+        if not (out / "analysis" / name / "analysis.json").is_file():
+            analyze(run_dirs, data, out / "analysis" / name, rollouts=rollouts)
+    path = report([*evals.values(), *(out / "analysis" / name for name in analyses)], out / "report.html")
+    print(f"report ({config.preset} preset): {path.resolve()}")
     return 0
 
 
@@ -160,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--rollouts", help="an evaluation directory whose rollouts get success-vs-failure scores")
     p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("report", help="one self-contained HTML report from evaluations and analyses")
+    p.add_argument("--inputs", nargs="+", required=True, help="EVAL and ADIR directories")
+    p.add_argument("--out", required=True, help="the HTML file to write")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("demo", help="run the whole chain on a small preset and print where the result is")
     p.add_argument("--out", default="mirroralign-demo")

@@ -63,4 +63,5 @@ def recognition_scores(model, videos: torch.Tensor, labels: torch.Tensor, variat
             per_variation[vid] = {"top1": top1[sel].float().mean().item(), "top5": top5[sel].float().mean().item(),
                                   "n": int(sel.sum())}
     return {"top1": top1.float().mean().item(), "top5": top5.float().mean().item(), "n": len(labels),
-            "per_variation": per_variation, "predictions": ranked[:, 0].tolist(), "labels": labels.tolist()}
+            "per_variation": per_variation, "predictions": ranked[:, 0].tolist(), "labels": labels.tolist(),
+            "variation_ids": list(variation_ids)}

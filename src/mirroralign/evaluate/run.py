@@ -3,6 +3,7 @@ EVAL/metrics.json, rollout episodes into EVAL/rollouts (store format), a few mp4
 
 from __future__ import annotations
 
+import shutil
 from collections import defaultdict
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from mirroralign.evaluate.rollouts import run_rollouts
 from mirroralign.train import load_run
 
 METRICS = "metrics.json"
+OUTPUTS = (METRICS, "rollouts", "videos")  # what an evaluation directory holds; a rerun replaces them
 
 
 def write_mp4(path: Path, frames: np.ndarray, fps: int = 20) -> None:
@@ -54,7 +56,7 @@ def evaluate(run: str | Path, data: str | Path, out: str | Path, view: str | Non
     if [v.id for v in store.variations] != [v.id for v in loaded.store.variations]:
         raise UsageError("--data has other variations than the run was trained on")
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(p.name != METRICS for p in out.iterdir())):
+    if out.exists() and (not out.is_dir() or any(p.name not in OUTPUTS for p in out.iterdir())):
         raise UsageError(f"output exists and is not an evaluation directory: {out}")
     config = loaded.config
     if workers is not None:
@@ -76,6 +78,8 @@ def evaluate(run: str | Path, data: str | Path, out: str | Path, view: str | Non
         metrics["recognition_early"] = {**recognition_scores(model, videos, labels, ids), "view": view,
                                         "fraction": config.eval.early_fraction}
     out.mkdir(parents=True, exist_ok=True)
+    for name in OUTPUTS[1:]:
+        shutil.rmtree(out / name, ignore_errors=True)
     if "execution" in loaded.models:
         records, stats = run_rollouts(loaded.models["execution"], store, config, seed=config.data.seed,
                                       episodes=episodes, progress=progress)

@@ -1,0 +1,65 @@
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+from conftest import run_cli
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def render(page) -> tuple[int, list[str], bool]:
+    """Open `page` in headless Chromium; returns (exit code, console messages, screenshot written)."""
+    with tempfile.TemporaryDirectory() as profile:
+        shot = f"{profile}/shot.png"
+        r = subprocess.run([CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                            f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0",
+                            "--window-size=1100,3000", f"--screenshot={shot}", f"file://{page}"],
+                           capture_output=True, text=True, timeout=120)
+        console = [line for line in r.stderr.splitlines() if ":CONSOLE" in line]
+        return r.returncode, console, os.path.getsize(shot) > 10_000 if os.path.exists(shot) else False
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "tiny"
+    r = run_cli("demo", "--preset", "tiny", "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert str(out / "report.html") in r.stdout
+    return out
+
+
+def test_demo_report_has_every_section(demo):
+    page = (demo / "report.html").read_text()
+    for heading in ("recognition", "success in simulation", "Alignment of the two representations", "Training"):
+        assert heading in page
+    assert len(re.findall(r"data:image/png;base64,", page)) >= 6  # confusion x2, embedding x2, curves...
+    assert "data:image/gif;base64," in page
+    assert "understand + execute" in page or "execute + understand" in page  # the independent pair
+
+
+def test_demo_reuses_what_it_made(demo):
+    checkpoint = demo / "runs" / "mirror" / "checkpoints" / "latest.json"
+    metrics = demo / "eval" / "mirror" / "metrics.json"
+    before = (checkpoint.read_text(), metrics.read_text())
+    r = run_cli("demo", "--preset", "tiny", "--out", demo)
+    assert r.returncode == 0, r.stderr
+    assert (checkpoint.read_text(), metrics.read_text()) == before
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here (`apt-get install chromium`; .ci/run installs it)")
+def test_report_renders_in_chromium_without_console_errors(demo, tmp_path):
+    broken = tmp_path / "broken.html"  # the check itself must see errors when there are some
+    broken.write_text("<html><body><script>console.error('x'); missing();</script></body></html>")
+    assert render(broken)[1]
+    code, console, shot = render(demo / "report.html")
+    assert code == 0 and console == [] and shot
+
+
+def test_report_rejects_bad_inputs(tmp_path):
+    r = run_cli("report", "--inputs", tmp_path, "--out", tmp_path / "r.html")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "r.html").exists()
