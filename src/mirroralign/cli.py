@@ -108,34 +108,10 @@ def cmd_report(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """The whole chain on one preset; every stage resumes or reuses what an earlier demo left."""
-    from mirroralign.analysis.run import analyze
-    from mirroralign.config import load_config
-    from mirroralign.data.generate import generate
-    from mirroralign.data.store import EpisodeStore
-    from mirroralign.evaluate.run import evaluate
-    from mirroralign.report import report
-    from mirroralign.train import train
+    from mirroralign.demo import run_demo
 
-    config = load_config(args.preset)
-    out = Path(args.out)
-    data = generate(config, out / "data")
-    damaged = EpisodeStore(data).verify()
-    if damaged:
-        raise DataError(f"demo dataset failed verification: {', '.join(damaged)}")
-    runs = {mode: train(config, mode, data, out / "runs" / mode) for mode in ("understand", "execute", "mirror")}
-    evals = {}
-    for mode, run in runs.items():
-        evals[mode] = out / "eval" / mode
-        if not (evals[mode] / "metrics.json").is_file():
-            evaluate(run, data, evals[mode])
-    analyses = {"independent": ([runs["understand"], runs["execute"]], evals["execute"]),
-                "mirror": ([runs["mirror"]], evals["mirror"])}
-    for name, (run_dirs, rollouts) in analyses.items():
-        if not (out / "analysis" / name / "analysis.json").is_file():
-            analyze(run_dirs, data, out / "analysis" / name, rollouts=rollouts)
-    path = report([*evals.values(), *(out / "analysis" / name for name in analyses)], out / "report.html")
-    print(f"report ({config.preset} preset): {path.resolve()}")
+    path = run_demo(args.preset, args.out)
+    print(f"report ({args.preset} preset): {path.resolve()}")
     return 0
 
 
