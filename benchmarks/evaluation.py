@@ -29,9 +29,10 @@ def serial(policy, store, config, episodes: int) -> list[bool]:
     cams, e, v = store.manifest["cameras"], config.env, config.eval
     envs, results = {}, []
     for i, variation in enumerate(store.variations):
-        env = envs.setdefault(variation.task, make_env(store.manifest["simulator"], variation.task,
-                                                       store.manifest["image_size"],
-                                                       [*cams["agent"], *cams["observer"]], e.fidelity))
+        if variation.task not in envs:  # one env (and renderer) per task, kept alive: see DESIGN's OSMesa note
+            envs[variation.task] = make_env(store.manifest["simulator"], variation.task, store.manifest["image_size"],
+                                            [*cams["agent"], *cams["observer"]], e.fidelity)
+        env = envs[variation.task]
         for k in range(episodes):
             obs, steps, success = env.reset(variation, scene_seed(config.data.seed, "test", k)), 0, False
             while not success and steps < v.max_steps:

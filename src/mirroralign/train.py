@@ -62,6 +62,8 @@ def _text_embeddings(texts: tuple[str, ...]) -> torch.Tensor:
 
 def build_models(config: Config, mode: str, store: EpisodeStore) -> nn.ModuleDict:
     size = store.manifest["image_size"]
+    first = store.load(store.episode_ids()[0])  # the proprioception and action sizes of this simulator
+    proprio_dim, action_dim = first["proprio"].shape[1], first["actions"].shape[1]
     text_embeddings = _text_embeddings(tuple(store.texts))
     parts = {}
     if "understanding" in PARTS[mode]:
@@ -69,7 +71,7 @@ def build_models(config: Config, mode: str, store: EpisodeStore) -> nn.ModuleDic
                                                     torch.tensor(store.text_variation))
     if "execution" in PARTS[mode]:
         parts["execution"] = ExecutionPolicy(config.model.execution, len(store.manifest["cameras"]["agent"]),
-                                             proprio_dim=4, action_dim=4, text_embeddings=text_embeddings)
+                                             proprio_dim, action_dim, text_embeddings=text_embeddings)
     if mode == "mirror":
         a = config.align
         parts["aligner"] = Aligner(parts["understanding"].representation_dim, parts["execution"].representation_dim,

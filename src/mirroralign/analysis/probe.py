@@ -4,38 +4,47 @@ the same instruction."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from mirroralign.models.align import Aligner, info_nce
 
 
+@dataclass
+class Probe:
+    """Two linear maps into a shared space, on representations standardised with train statistics (so one
+    learning rate suits any representation scale)."""
+
+    maps: Aligner
+    mean_u: torch.Tensor
+    std_u: torch.Tensor
+    mean_e: torch.Tensor
+    std_e: torch.Tensor
+
+    def project(self, u: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.maps.project((u - self.mean_u) / self.std_u, (e - self.mean_e) / self.std_e)
+
+
 def train_probe(u: torch.Tensor, e: torch.Tensor, groups: torch.Tensor, dim: int = 256, temperature: float = 0.1,
-                steps: int = 300, lr: float = 1e-3, seed: int = 0) -> Aligner:
+                steps: int = 300, lr: float = 1e-3, seed: int = 0) -> Probe:
     """Full-batch training of two linear maps on frozen representations u [N, Du] and e [N, De]."""
     torch.manual_seed(seed)
-    probe = Aligner(u.shape[1], e.shape[1], dim, temperature)
-    opt = torch.optim.Adam(probe.parameters(), lr=lr)
-    # standardise each space with train statistics, so one learning rate suits any representation scale
-    probe.stats = (u.mean(0), u.std(0) + 1e-6, e.mean(0), e.std(0) + 1e-6)
-    un, en = standardise(probe, u, e)
+    probe = Probe(Aligner(u.shape[1], e.shape[1], dim, temperature), u.mean(0), u.std(0) + 1e-6, e.mean(0),
+                  e.std(0) + 1e-6)
+    opt = torch.optim.Adam(probe.maps.parameters(), lr=lr)
     for _ in range(steps):
-        a, b = probe.project(un, en)
-        loss = info_nce(a, b, groups, temperature)
+        loss = info_nce(*probe.project(u, e), groups, temperature)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return probe.eval()
-
-
-def standardise(probe: Aligner, u: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    mu_u, sd_u, mu_e, sd_e = probe.stats
-    return (u - mu_u) / sd_u, (e - mu_e) / sd_e
+    return probe
 
 
 @torch.no_grad()
-def shared_space(probe: Aligner, u: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return probe.project(*standardise(probe, u, e))
+def shared_space(probe: Probe, u: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return probe.project(u, e)
 
 
 @torch.no_grad()
@@ -51,7 +60,7 @@ def chance_recall(labels: torch.Tensor) -> float:
     return same.mean(1).mean().item()
 
 
-def probe_scores(train_u, train_e, train_groups, test_u, test_e, test_labels, **kw) -> tuple[dict, Aligner]:
+def probe_scores(train_u, train_e, train_groups, test_u, test_e, test_labels, **kw) -> tuple[dict, Probe]:
     probe = train_probe(train_u, train_e, train_groups, **kw)
     a, b = shared_space(probe, test_u, test_e)
     return {"r1_u2e": recall_at_1(a, b, test_labels), "r1_e2u": recall_at_1(b, a, test_labels),

@@ -74,7 +74,7 @@ def pick_models(runs: list[LoadedRun]) -> tuple:
     raise UsageError(f"analyze takes one mirror run, or an understand run and an execute run (got: {', '.join(modes)})")
 
 
-def _representations_at(runs: list[LoadedRun], store, frames, train_eps, test_eps):
+def _representations_at(runs: list[LoadedRun], frames, train_eps, test_eps):
     u_model, e_model = pick_models(runs)
     return episode_representations(u_model, e_model, train_eps, frames), \
         episode_representations(u_model, e_model, test_eps, frames)
@@ -100,7 +100,7 @@ def analyze(run_dirs: list[str | Path], data: str | Path, out: str | Path, rollo
         raise UsageError(f"the test split has {len(test_eps)} episodes; the metrics need at least 4")
     k = min(k, len(test_eps) - 1)
 
-    (train_u, train_e), (test_u, test_e) = _representations_at(runs, store, frames, train_eps, test_eps)
+    (train_u, train_e), (test_u, test_e) = _representations_at(runs, frames, train_eps, test_eps)
     probe, probe_model = probe_scores(train_u, train_e, train_groups, test_u, test_e, test_labels)
     shared_u, shared_e = shared_space(probe_model, test_u, test_e)
     result = {"runs": {r.mode: str(r.path) for r in runs}, "data": str(store.root), "k": k,
@@ -121,7 +121,7 @@ def analyze(run_dirs: list[str | Path], data: str | Path, out: str | Path, rollo
                                         "mean_failure": float(np.mean(bad)) if bad else None,
                                         **mann_whitney(ok, bad)}
 
-    result["over_training"] = over_training(runs, store, frames, train_eps, train_groups, test_eps, test_labels, k)
+    result["over_training"] = over_training(runs, frames, train_eps, train_groups, test_eps, test_labels, k)
     out.mkdir(parents=True, exist_ok=True)
     save_file({"understanding": test_u.contiguous(), "execution": test_e.contiguous(),
                "instruction_id": test_labels, "episode_id": torch.arange(len(test_eps)),
@@ -131,13 +131,13 @@ def analyze(run_dirs: list[str | Path], data: str | Path, out: str | Path, rollo
     return out
 
 
-def over_training(runs, store, frames, train_eps, train_groups, test_eps, test_labels, k) -> list[dict]:
+def over_training(runs, frames, train_eps, train_groups, test_eps, test_labels, k) -> list[dict]:
     """The probe's Recall@1 and mutual k-NN at every checkpoint step the run(s) share."""
     steps = set.intersection(*[{p.name for p in (r.path / CHECKPOINTS).glob("step_*.json")} for r in runs])
     rows = []
     for name in sorted(steps):
         at = [load_run(r.path, checkpoint=name) for r in runs]
-        (tu, te), (su, se) = _representations_at(at, store, frames, train_eps, test_eps)
+        (tu, te), (su, se) = _representations_at(at, frames, train_eps, test_eps)
         scores, _ = probe_scores(tu, te, train_groups, su, se, test_labels)
         rows.append({"step": at[0].step, "r1_u2e": scores["r1_u2e"], "r1_e2u": scores["r1_e2u"],
                      "mutual_knn": mutual_knn(su, se, k)})

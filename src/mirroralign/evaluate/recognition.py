@@ -18,11 +18,17 @@ from mirroralign.envs import make_env, simulator_cameras
 from mirroralign.errors import UsageError
 
 
+_ENVS: dict = {}  # kept for the life of the process: under OSMesa a collected renderer breaks later ones
+
+
 def replay_frames(store: EpisodeStore, episode_id: str, camera: str, fidelity: str = "fast") -> np.ndarray:
     """[T+1, H, W, 3] frames of a stored episode re-rendered from `camera` by replaying its actions."""
     meta = store.episodes[episode_id]
     variation = store.variations[store.variation_index[meta["variation"]]]
-    env = make_env(store.manifest["simulator"], variation.task, store.manifest["image_size"], [camera], fidelity)
+    key = (store.manifest["simulator"], variation.task, store.manifest["image_size"], camera, fidelity)
+    if key not in _ENVS:
+        _ENVS[key] = make_env(*key[:3], [camera], fidelity)
+    env = _ENVS[key]
     actions = store.load(episode_id)["actions"]
     frames = [env.reset(variation, meta["scene_seed"]).images[camera]]
     for action in actions:

@@ -133,6 +133,8 @@ def run_rollouts(policy, store, config: Config, seed: int = 0, episodes: int | N
         todo.appendleft(episode)
         assign(slot)
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the cores belong to the simulators; the policy's batches are small
     try:
         for slot in slots:
             assign(slot)
@@ -163,6 +165,7 @@ def run_rollouts(policy, store, config: Config, seed: int = 0, episodes: int | N
                     slot.episode.actions += list(chunk[: v.execute_steps])
                     slot.send(("act", chunk[: v.execute_steps]))
     finally:
+        torch.set_num_threads(threads)
         bar.close()
         for slot in slots:
             try:
@@ -193,7 +196,7 @@ def _record(store, ep: Episode, reply: dict) -> dict:
     arrays = {f"observer.{c}": np.stack([f["observer"][i] for f in ep.frames]) for i, c in enumerate(cams["observer"])}
     arrays |= {f"agent.{c}": np.stack([f["agent"][i] for f in ep.frames]) for i, c in enumerate(cams["agent"])}
     arrays["proprio"] = np.stack([f["proprio"] for f in ep.frames])
-    arrays["actions"] = np.asarray(ep.actions[: len(ep.frames) - 1], np.float32).reshape(-1, 4)
+    arrays["actions"] = np.stack(ep.actions[: len(ep.frames) - 1]).astype(np.float32)
     return {"variation": ep.variation, "variation_id": store.variations[ep.variation].id, "k": ep.k,
             "scene_seed": ep.scene_seed, "success": bool(reply["success"]), "steps": int(reply["steps"]),
             "arrays": arrays}
