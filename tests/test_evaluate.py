@@ -1,16 +1,15 @@
 import json
+import multiprocessing
 import os
 import signal
 import threading
 import time
 
-import multiprocessing
 import numpy as np
 import pytest
 import torch
 from conftest import run_cli
 
-from mirroralign.config import load_config
 from mirroralign.data.store import EpisodeStore
 from mirroralign.evaluate.recognition import recognition_scores, replay_frames
 from mirroralign.evaluate.rollouts import run_rollouts

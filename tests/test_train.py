@@ -13,8 +13,14 @@ from safetensors.torch import load_file
 from mirroralign.config import load_config
 from mirroralign.data.store import EpisodeStore, sha256_file
 from mirroralign.errors import UsageError
-from mirroralign.train import (NumericalError, build_models, compute_loss, make_dataset,
-                               make_optimizer, sample_batch, train)
+from mirroralign.train import (
+    NumericalError,
+    build_models,
+    compute_loss,
+    make_dataset,
+    sample_batch,
+    train,
+)
 
 
 def _setup(tiny_dataset, mode, *overrides):

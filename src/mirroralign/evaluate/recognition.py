@@ -17,7 +17,6 @@ from mirroralign.data.store import EpisodeStore
 from mirroralign.envs import make_env, simulator_cameras
 from mirroralign.errors import UsageError
 
-
 _ENVS: dict = {}  # kept for the life of the process: under OSMesa a collected renderer breaks later ones
 
 
