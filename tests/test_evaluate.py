@@ -52,10 +52,11 @@ def test_evaluate_mirror_run_from_an_unseen_view(mirror_run, tiny_dataset, tmp_p
     assert list((out / "videos").glob("*.mp4")) and (out / "rollouts").is_dir()
 
 
-def test_rollouts_survive_a_worker_crash(mirror_run):
+@pytest.mark.parametrize("fault", [signal.SIGKILL, signal.SIGSTOP], ids=["crash", "hang"])
+def test_rollouts_survive_a_worker_crash_or_hang(mirror_run, fault):
     loaded = load_run(mirror_run)
     config = loaded.config
-    config.eval.max_steps, config.eval.workers = 40, 2
+    config.eval.max_steps, config.eval.workers, config.eval.worker_timeout_s = 40, 2, 5.0
     result = {}
 
     def go():
@@ -67,7 +68,7 @@ def test_rollouts_survive_a_worker_crash(mirror_run):
     while len(multiprocessing.active_children()) < 2 and time.time() < deadline:
         time.sleep(0.05)
     time.sleep(3)  # let the workers get into their episodes
-    os.kill(multiprocessing.active_children()[0].pid, signal.SIGKILL)
+    os.kill(multiprocessing.active_children()[0].pid, fault)  # SIGSTOP: alive but silent, i.e. hung
     thread.join(timeout=600)
     assert not thread.is_alive()
     records, stats = result["out"]
