@@ -6,7 +6,7 @@ import torch
 from scipy import stats as sps
 
 from mirroralign.analysis.metrics import all_metrics, cka, cknna, hsic_biased, hsic_unbiased, mutual_knn, unbiased_cka
-from mirroralign.analysis.stats import mann_whitney, mean_ci
+from mirroralign.stats import mann_whitney, mean_ci
 
 
 def test_identical_inputs_score_one():

@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 from safetensors.numpy import load_file  # noqa: E402
 
-from mirroralign.analysis.stats import mean_ci  # noqa: E402
+from mirroralign.stats import mean_ci  # noqa: E402
 from mirroralign.data.store import EPISODES, load_episode_folder, read_json  # noqa: E402
 from mirroralign.errors import UsageError  # noqa: E402
 

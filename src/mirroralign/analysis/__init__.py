@@ -1,1 +1,1 @@
-"""Alignment analysis: representation metrics, the linear probe, statistics across seeds and episodes."""
+"""Alignment analysis: representation metrics, the linear probe, success vs failure, alignment over training."""

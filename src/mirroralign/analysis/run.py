@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from mirroralign.analysis.metrics import all_metrics, mutual_knn
 from mirroralign.analysis.probe import probe_scores, recall_at_1, shared_space
-from mirroralign.analysis.stats import mann_whitney
+from mirroralign.stats import mann_whitney
 from mirroralign.data.datasets import ObserverClips, uniform_indices
 from mirroralign.data.store import EPISODES, EpisodeStore, load_episode_folder, write_json_atomic
 from mirroralign.errors import DataError, UsageError

@@ -112,7 +112,7 @@ class Job:
 _WORKER: dict = {}
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     # A worker orphaned by a killed parent must not go on writing into a dataset that is being resumed.
     try:
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -121,7 +121,7 @@ def _die_with_parent() -> None:
 
 
 def _init_worker(config: Config, root: str) -> None:
-    _die_with_parent()
+    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled by the parent
     _WORKER.update(config=config, root=Path(root), envs={})
 

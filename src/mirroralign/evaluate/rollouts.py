@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from mirroralign.config import Config
-from mirroralign.data.generate import _die_with_parent, scene_seed
+from mirroralign.data.generate import die_with_parent, scene_seed
 from mirroralign.envs import make_env
 from mirroralign.envs.base import Variation
 
@@ -33,7 +33,7 @@ def _pack(obs, agent: list[str], observer: list[str]) -> dict:
 
 def _worker(conn, simulator: str, image_size: int, agent: list[str], observer: list[str], fidelity: str,
             max_steps: int) -> None:
-    _die_with_parent()
+    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     envs: dict = {}
     env, steps = None, 0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mirroralign.analysis.stats import mean_ci
+from mirroralign.stats import mean_ci
 from mirroralign.data.store import EpisodeStore, write_episode, write_json_atomic
 from mirroralign.envs import simulator_cameras
 from mirroralign.errors import DataError, UsageError
