@@ -14,16 +14,12 @@ from safetensors.torch import save_file
 from mirroralign.analysis.metrics import all_metrics, mutual_knn
 from mirroralign.analysis.probe import probe_scores, recall_at_1, shared_space
 from mirroralign.stats import mann_whitney
-from mirroralign.data.datasets import ObserverClips, uniform_indices
+from mirroralign.data.datasets import ObserverClips, to_chw, uniform_indices
 from mirroralign.data.store import EPISODES, EpisodeStore, load_episode_folder, write_json_atomic
 from mirroralign.errors import DataError, UsageError
 from mirroralign.train import CHECKPOINTS, LoadedRun, load_run
 
 STEPS_PER_EPISODE = 8  # the execution representation of an episode: the mean over this many evenly spaced steps
-
-
-def _chw(frames: np.ndarray) -> np.ndarray:  # [..., H, W, 3] -> [..., 3, H, W]
-    return np.ascontiguousarray(np.moveaxis(frames, -1, -3))
 
 
 @torch.no_grad()
@@ -54,8 +50,8 @@ def rollout_episodes(eval_dir: Path, store: EpisodeStore) -> tuple[list[dict], l
     for folder in sorted((Path(eval_dir) / "rollouts" / EPISODES).glob("*/rollout-*")):
         meta, arrays = load_episode_folder(folder)
         v = store.variation_index[meta["variation_id"]]
-        episodes.append({"observer": _chw(arrays[f"observer.{cams['observer'][0]}"]),
-                         "agent": _chw(np.stack([arrays[f"agent.{c}"] for c in cams["agent"]], axis=1)),
+        episodes.append({"observer": to_chw(arrays[f"observer.{cams['observer'][0]}"]),
+                         "agent": to_chw(np.stack([arrays[f"agent.{c}"] for c in cams["agent"]], axis=1)),
                          "proprio": arrays["proprio"], "length": int(meta["steps"]), "variation": v,
                          "text_index": store.canonical_text[v]})
         success.append(bool(meta["success"]))

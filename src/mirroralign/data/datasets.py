@@ -19,6 +19,11 @@ def uniform_indices(start: int, end: int, frames: int) -> np.ndarray:
     return np.floor(np.linspace(start, end, frames) + 0.5).astype(np.int64)
 
 
+def to_chw(frames: np.ndarray) -> np.ndarray:
+    """[..., H, W, 3] -> contiguous [..., 3, H, W]."""
+    return np.ascontiguousarray(np.moveaxis(frames, -1, -3))
+
+
 class _Episodes(Dataset):
     def __init__(self, store: EpisodeStore | str, split: str = "train", train: bool | None = None,
                  observer_camera: str | None = None, agent_cameras: list[str] | None = None,
@@ -43,10 +48,9 @@ class _Episodes(Dataset):
         arrays = self.store.load(eid)
         meta = self.store.episodes[eid]
         variation = self.store.variation_index[meta["variation"]]
-        chw = lambda a: np.ascontiguousarray(a.transpose(0, 3, 1, 2))  # noqa: E731
         return {
-            "observer": chw(arrays[f"observer.{self.observer_camera}"]),
-            "agent": np.stack([chw(arrays[f"agent.{c}"]) for c in self.agent_cameras], axis=1),  # [T+1, C, 3, H, W]
+            "observer": to_chw(arrays[f"observer.{self.observer_camera}"]),
+            "agent": np.stack([to_chw(arrays[f"agent.{c}"]) for c in self.agent_cameras], axis=1),  # [T+1, C, 3, H, W]
             "proprio": arrays["proprio"], "actions": arrays["actions"], "length": int(meta["length"]),
             "variation": variation, "task": self.tasks.index(self.variations[variation].task),
         }
@@ -93,6 +97,9 @@ class _Episodes(Dataset):
     def _step_index(self) -> list[tuple[int, int]]:
         return [(e, t) for e, ep in enumerate(self.episodes) for t in range(ep["length"])]
 
+    def __len__(self) -> int:
+        return len(self.index)  # each subclass sets `index`: what one item is
+
 
 class ObserverClips(_Episodes):
     """Observer-camera clips of `frames` frames with their instruction (action understanding).
@@ -105,9 +112,6 @@ class ObserverClips(_Episodes):
         super().__init__(store, split, **kw)
         self.frames, self.window = frames, window
         self.index = [(e, None) for e in range(len(self.episodes))] if window is None else self._step_index()
-
-    def __len__(self) -> int:
-        return len(self.index)
 
     def __getitem__(self, i: int) -> dict:
         e, t = self.index[i]
@@ -122,9 +126,6 @@ class AgentSteps(_Episodes):
         self.horizon = horizon
         self.index = self._step_index()
 
-    def __len__(self) -> int:
-        return len(self.index)
-
     def __getitem__(self, i: int) -> dict:
         e, t = self.index[i]
         return {**self._step(e, t, self.horizon), **self._labels(e)}
@@ -138,9 +139,6 @@ class PairedSamples(_Episodes):
         super().__init__(store, split, **kw)
         self.frames, self.horizon, self.window = frames, horizon, window
         self.index = self._step_index()
-
-    def __len__(self) -> int:
-        return len(self.index)
 
     def __getitem__(self, i: int) -> dict:
         e, t = self.index[i]

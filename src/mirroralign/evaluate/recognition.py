@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mirroralign.data.datasets import ObserverClips, uniform_indices
+from mirroralign.data.datasets import ObserverClips, to_chw, uniform_indices
 from mirroralign.data.store import EpisodeStore
 from mirroralign.envs import make_env, simulator_cameras
 from mirroralign.errors import UsageError
@@ -35,22 +35,28 @@ def replay_frames(store: EpisodeStore, episode_id: str, camera: str, fidelity: s
     return np.stack(frames)
 
 
-def test_clips(store: EpisodeStore, view: str, frames: int, fraction: float = 1.0,
-               progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Test-split clips [N, F, 3, H, W] uint8 seen from `view`, and their variation indices [N]."""
+def test_clips(store: EpisodeStore, view: str, frames: int, fractions=(1.0,),
+               progress: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """For each leading fraction of the episodes: test-split clips [N, F, 3, H, W] uint8 seen from `view`, and
+    their variation indices [N]. The split is read (or replayed) once for all fractions."""
     if view in store.manifest["cameras"]["observer"]:
-        ds = ObserverClips(store, "test", frames=frames, train=False, observer_camera=view, fraction=fraction)
-        items = [ds[i] for i in range(len(ds))]
-        return torch.stack([x["video"] for x in items]), torch.tensor([x["variation"] for x in items])
+        ds = ObserverClips(store, "test", frames=frames, train=False, observer_camera=view)
+        labels = torch.tensor([ep["variation"] for ep in ds.episodes])
+        out = []
+        for fraction in fractions:
+            ds.fraction = fraction
+            out.append((torch.stack([ds[i]["video"] for i in range(len(ds))]), labels))
+        return out
     if view not in simulator_cameras(store.manifest["simulator"]):
         raise UsageError(f"unknown camera {view!r} (known: {', '.join(simulator_cameras(store.manifest['simulator']))})")
-    videos, labels = [], []
+    videos, labels = [[] for _ in fractions], []
     for eid in tqdm(store.episode_ids("test"), desc=f"render {view}", disable=not progress):
-        all_frames = replay_frames(store, eid, view)
-        idx = uniform_indices(0, round((len(all_frames) - 1) * fraction), frames)
-        videos.append(torch.from_numpy(np.ascontiguousarray(all_frames[idx].transpose(0, 3, 1, 2))))
+        all_frames = to_chw(replay_frames(store, eid, view))
+        for clips, fraction in zip(videos, fractions):
+            last = round((len(all_frames) - 1) * fraction)
+            clips.append(torch.from_numpy(all_frames[uniform_indices(0, last, frames)]))
         labels.append(store.variation_index[store.episodes[eid]["variation"]])
-    return torch.stack(videos), torch.tensor(labels)
+    return [(torch.stack(clips), torch.tensor(labels)) for clips in videos]
 
 
 @torch.no_grad()

@@ -72,11 +72,11 @@ def evaluate(run: str | Path, data: str | Path, out: str | Path, view: str | Non
 
     if "understanding" in loaded.models:
         model, frames = loaded.models["understanding"], config.model.understanding.frames
-        videos, labels = test_clips(store, view, frames, progress=progress)  # validates `view` first
+        early = config.eval.early_fraction
+        (videos, labels), (early_videos, _) = test_clips(store, view, frames, (1.0, early), progress=progress)
         metrics["recognition"] = {**recognition_scores(model, videos, labels, ids), "view": view}
-        videos, labels = test_clips(store, view, frames, config.eval.early_fraction, progress=progress)
-        metrics["recognition_early"] = {**recognition_scores(model, videos, labels, ids), "view": view,
-                                        "fraction": config.eval.early_fraction}
+        metrics["recognition_early"] = {**recognition_scores(model, early_videos, labels, ids), "view": view,
+                                        "fraction": early}
     out.mkdir(parents=True, exist_ok=True)
     for name in OUTPUTS[1:]:
         shutil.rmtree(out / name, ignore_errors=True)
