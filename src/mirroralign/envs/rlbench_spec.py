@@ -1,0 +1,39 @@
+"""What mirroralign takes from an RLBench observation: cameras, proprioception and actions.
+
+Shared by the importer of recorded demonstrations (`data/rlbench.py`) and the live adapter (`envs/rlbench.py`),
+so that a policy trained on imported data sees the same vectors live. Imports no RLBench.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+CAMERAS = ("front", "wrist", "left_shoulder", "right_shoulder", "overhead")
+AGENT_CAMERAS = ("front", "left_shoulder", "right_shoulder", "wrist")  # the four views of PerAct and RVT
+OBSERVER_CAMERA = "overhead"  # a spectator's view from above, not one of the policy's inputs
+
+# Observation fields every conversion needs; anything else an RLBench version adds or drops is ignored.
+REQUIRED_FIELDS = ("joint_positions", "joint_velocities", "gripper_pose", "gripper_open")
+PROPRIO_FIELDS = ("joint_positions", "gripper_pose (xyz, quaternion xyzw with w >= 0)", "gripper_open")
+ACTION_FIELDS = ("gripper_pose of the next frame (xyz, quaternion xyzw with w >= 0)", "gripper_open of the next frame")
+
+
+def canonical_pose(pose) -> np.ndarray:
+    """xyz + unit quaternion (xyzw) with w >= 0: q and -q are the same rotation, and one sign keeps an L1
+    loss on poses meaningful (PerAct does the same)."""
+    pose = np.asarray(pose, np.float64).reshape(7)
+    quat = pose[3:] / np.linalg.norm(pose[3:])
+    if quat[3] < 0:
+        quat = -quat
+    return np.concatenate([pose[:3], quat]).astype(np.float32)
+
+
+def proprio_vector(joint_positions, gripper_pose, gripper_open) -> np.ndarray:
+    """joint positions, canonical gripper pose, gripper open state: what the robot knows of itself."""
+    return np.concatenate([np.asarray(joint_positions, np.float32).ravel(), canonical_pose(gripper_pose),
+                           np.asarray([gripper_open], np.float32)])
+
+
+def pose_action(gripper_pose, gripper_open) -> np.ndarray:
+    """The target an end-effector-pose controller is given: the pose and open state to reach next."""
+    return np.concatenate([canonical_pose(gripper_pose), np.asarray([gripper_open], np.float32)])
