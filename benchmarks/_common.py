@@ -12,13 +12,20 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 
 
+def _commit(where: Path) -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=where).stdout.strip()
+
+
 def machine() -> dict:
     import torch
 
-    return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+    import mirroralign
+
+    # the package may be imported from a snapshot (a git worktree on PYTHONPATH) while a long benchmark runs
+    return {"mirroralign_commit": _commit(Path(mirroralign.__file__).parent),
+            "cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
             "torch": torch.__version__, "mujoco_gl": os.environ.get("MUJOCO_GL"),
-            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                     cwd=Path(__file__).parent).stdout.strip()}
+            "commit": _commit(Path(__file__).parent)}
 
 
 def write_results(name: str, results: dict, table: list[tuple[str, str, str]]) -> None:

@@ -87,7 +87,8 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from mirroralign.evaluate.run import evaluate
 
-    out = evaluate(args.run, args.data, args.out, view=args.view, episodes=args.episodes, workers=args.workers)
+    out = evaluate(args.run, args.data, args.out, view=args.view, episodes=args.episodes, workers=args.workers,
+                   rollouts=not args.no_rollouts)
     print(f"evaluation: {out / 'metrics.json'}")
     return 0
 
@@ -151,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--view", help="camera the clips are seen from (default: the dataset's observer camera)")
     p.add_argument("--episodes", type=int, help="rollout episodes per variation")
+    p.add_argument("--no-rollouts", action="store_true", help="recognition only (e.g. from another --view)")
     p.add_argument("--workers", type=int, help="simulator worker processes")
     p.set_defaults(func=cmd_evaluate)
 

@@ -47,7 +47,8 @@ def rollout_metrics(records: list[dict], store: EpisodeStore) -> dict:
 
 
 def evaluate(run: str | Path, data: str | Path, out: str | Path, view: str | None = None,
-             episodes: int | None = None, workers: int | None = None, progress: bool = True) -> Path:
+             episodes: int | None = None, workers: int | None = None, progress: bool = True,
+             rollouts: bool = True) -> Path:
     loaded = load_run(run)
     try:
         store = EpisodeStore(data)
@@ -80,7 +81,7 @@ def evaluate(run: str | Path, data: str | Path, out: str | Path, view: str | Non
     out.mkdir(parents=True, exist_ok=True)
     for name in OUTPUTS[1:]:
         shutil.rmtree(out / name, ignore_errors=True)
-    if "execution" in loaded.models:
+    if rollouts and "execution" in loaded.models:
         records, stats = run_rollouts(loaded.models["execution"], store, config, seed=config.data.seed,
                                       episodes=episodes, progress=progress)
         metrics["rollouts"] = {**rollout_metrics(records, store), **stats}

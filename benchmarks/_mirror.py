@@ -1,0 +1,145 @@
+"""Shared by mirror_effect.py and ablations.py: one arm of the comparison for one seed, cached by config.
+
+An *arm* is either the independent baseline (an `understand` run and an `execute` run) or a `mirror` run with
+some overrides. Every artefact lives under ROOT in a directory named by a hash of its resolved config, so a
+re-run (or another script asking for the same run) reuses it: train resumes from its last checkpoint, an
+evaluation or analysis with a metrics file is read back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+from scipy import stats as scipy_stats
+
+from mirroralign.analysis.run import analyze
+from mirroralign.config import Config, load_config
+from mirroralign.evaluate.run import evaluate
+from mirroralign.stats import mean_ci
+from mirroralign.train import train
+
+UNSEEN_VIEW = "corner2"  # neither the observer camera (corner) nor an agent camera (corner3, gripperPOV)
+
+
+def config_for(preset: str, seed: int, overrides: list[str]) -> Config:
+    return load_config(preset, overrides=[f"train.seed={seed}", *overrides])
+
+
+def config_key(config: Config, mode: str) -> str:
+    text = json.dumps({"mode": mode, "config": config.to_dict()}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def trained(config: Config, mode: str, data: Path, root: Path) -> Path:
+    run = root / "runs" / f"{mode}-seed{config.train.seed}-{config_key(config, mode)}"
+    return train(config, mode, data, run)
+
+
+def eval_dir(run: Path, root: Path, view: str | None = None) -> Path:
+    return root / "eval" / f"{run.name}-{view or 'train-view'}"
+
+
+def evaluated(run: Path, data: Path, root: Path, view: str | None = None, rollouts: bool = True) -> dict:
+    out = eval_dir(run, root, view)
+    if not (out / "metrics.json").is_file():
+        evaluate(run, data, out, view=view, rollouts=rollouts)
+    return _read(out / "metrics.json")
+
+
+def analyzed(runs: list[Path], data: Path, root: Path, rollouts_of: Path) -> dict:
+    out = root / "analysis" / "+".join(r.name for r in runs)
+    if not (out / "analysis.json").is_file():
+        analyze(runs, data, out, rollouts=rollouts_of)
+    return _read(out / "analysis.json")
+
+
+def arm_metrics(recognition: dict, recognition_unseen: dict, rollouts: dict, analysis: dict) -> dict:
+    """The numbers one arm contributes for one seed (fractions in [0, 1], metrics in their own units)."""
+    sf = analysis.get("success_vs_failure", {})
+    return {
+        "recognition": recognition["recognition"]["top1"],
+        "recognition_unseen_view": recognition_unseen["recognition"]["top1"],
+        "recognition_early": recognition["recognition_early"]["top1"],
+        "success": rollouts["rollouts"]["success_rate"],
+        "probe_r1_u2e": analysis["probe"]["r1_u2e"],
+        "probe_r1_e2u": analysis["probe"]["r1_e2u"],
+        "mutual_knn": analysis["mutual_knn"],
+        "cka": analysis["cka"],
+        "cknna": analysis["cknna"],
+        "success_vs_failure_rank_biserial": sf.get("rank_biserial"),
+        "success_vs_failure_p": sf.get("p_value"),
+        "_rollout_outcomes": [bool(e["success"]) for e in  # in scene order, so that two arms pair up
+                              sorted(rollouts["rollouts"]["episodes"], key=lambda e: (e["variation_id"], e["k"]))],
+    }
+
+
+def baseline_arm(preset: str, seed: int, data: Path, root: Path) -> tuple[dict, dict]:
+    """Independent understand + execute runs. Returns (metrics, paths)."""
+    config = config_for(preset, seed, [])
+    execute = trained(config, "execute", data, root)
+    rollouts = evaluated(execute, data, root)  # first: the success rate is the slowest number to see
+    understand = trained(config, "understand", data, root)
+    recognition = evaluated(understand, data, root)
+    unseen = evaluated(understand, data, root, view=UNSEEN_VIEW)
+    analysis = analyzed([understand, execute], data, root, rollouts_of=eval_dir(execute, root))
+    paths = {"runs": [understand, execute], "analysis": root / "analysis" / f"{understand.name}+{execute.name}",
+             "evals": [eval_dir(execute, root), eval_dir(understand, root), eval_dir(understand, root, UNSEEN_VIEW)]}
+    return arm_metrics(recognition, unseen, rollouts, analysis), paths
+
+
+def mirror_arm(preset: str, seed: int, overrides: list[str], data: Path, root: Path) -> tuple[dict, dict]:
+    config = config_for(preset, seed, overrides)
+    mirror = trained(config, "mirror", data, root)
+    both = evaluated(mirror, data, root)  # recognition and rollouts from the same run
+    unseen = evaluated(mirror, data, root, view=UNSEEN_VIEW, rollouts=False)
+    analysis = analyzed([mirror], data, root, rollouts_of=eval_dir(mirror, root))
+    paths = {"runs": [mirror], "analysis": root / "analysis" / mirror.name,
+             "evals": [eval_dir(mirror, root), eval_dir(mirror, root, UNSEEN_VIEW)]}
+    return arm_metrics(both, unseen, both, analysis), paths
+
+
+def seed_ci(values) -> dict:
+    """Mean and Student-t 95 % CI over seeds (the seed is the unit of replication; with 3 seeds a bootstrap
+    interval would be far too narrow)."""
+    x = np.asarray([v for v in values if v is not None], dtype=float)
+    if len(x) < 2 or np.all(x == x[0]):
+        m = float(x.mean()) if len(x) else None
+        return {"mean": m, "low": m, "high": m, "n": len(x)}
+    low, high = scipy_stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=scipy_stats.sem(x))
+    return {"mean": float(x.mean()), "low": float(low), "high": float(high), "n": len(x)}
+
+
+def compare(baseline: list[dict], treatment: list[dict]) -> dict:
+    """Per metric: per-seed values, mean and t-CI of both arms and of the paired (treatment - baseline)
+    difference. Success is also pooled over every rollout episode (same scenes in both arms, so paired)."""
+    out = {}
+    for key in [k for k in baseline[0] if not k.startswith("_")]:
+        b, t = [s[key] for s in baseline], [s[key] for s in treatment]
+        diff = [y - x for x, y in zip(b, t) if x is not None and y is not None]
+        out[key] = {"baseline": {"per_seed": b, **seed_ci(b)}, "treatment": {"per_seed": t, **seed_ci(t)},
+                    "difference": {"per_seed": diff, **seed_ci(diff)}}
+    b_eps = np.concatenate([s["_rollout_outcomes"] for s in baseline]).astype(float)
+    t_eps = np.concatenate([s["_rollout_outcomes"] for s in treatment]).astype(float)
+    if len(b_eps) == len(t_eps):
+        out["success_pooled"] = {"baseline": mean_ci(b_eps), "treatment": mean_ci(t_eps),
+                                 "difference": mean_ci(t_eps - b_eps)}
+    return out
+
+
+def pct(entry: dict) -> str:
+    if entry["mean"] is None:
+        return "n/a"
+    return f"{100 * entry['mean']:.1f} [{100 * entry['low']:.1f}, {100 * entry['high']:.1f}]"
+
+
+def signed_pct(entry: dict) -> str:
+    if entry["mean"] is None:
+        return "n/a"
+    return f"{100 * entry['mean']:+.1f} [{100 * entry['low']:+.1f}, {100 * entry['high']:+.1f}]"
