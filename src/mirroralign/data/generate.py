@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 from mirroralign.config import Config
 from mirroralign.data.store import (ATTEMPTS, CONFIG, EPISODES, FORMAT, MANIFEST, META, SPLITS, VERSION,
-                                    episode_path, read_json, sha256_file, write_episode, write_json_atomic)
+                                    episode_path, read_json, sha256_file, write_episode, write_json_atomic,
+                                    write_manifest)
 from mirroralign.envs import make_env, simulator_cameras
 from mirroralign.envs.base import Variation
 from mirroralign.errors import DataError, UsageError
@@ -266,12 +267,15 @@ def _write_manifest(root: Path, config: Config, variations: list[Variation], sta
                 episodes[eid] = {key: meta[key] for key in ("variation", "split", "k", "scene_seed", "length", "files")}
                 episodes[eid]["meta_sha256"] = sha256_file(episode_path(root, eid) / META)
                 splits[s].append(eid)
+    # every file outside the episodes has a checksum too (the episodes' are in their entries)
+    others = [root / CONFIG, *sorted((root / ATTEMPTS).glob("*/*.json"))]
+    files = {str(p.relative_to(root)): sha256_file(p) for p in others}
     e = config.env
-    write_json_atomic(root / MANIFEST, {
+    write_manifest(root, {
         "format": FORMAT, "version": VERSION, "config": config.dataset_identity(),
         "simulator": e.simulator, "image_size": e.image_size,
         "cameras": {"observer": list(e.observer_cameras), "agent": list(e.agent_cameras)},
         "variations": [v.to_dict() for v in variations], "episodes_per_split": need,
         "splits": splits, "episodes": episodes, "attempts": attempts,
-        "expert_failures": sum(a["failures"] for a in attempts.values()),
+        "expert_failures": sum(a["failures"] for a in attempts.values()), "files": files,
     })

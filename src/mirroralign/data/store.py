@@ -6,10 +6,14 @@
         data.zarr/                       its arrays: a zarr v3 group
         meta.json                        variation, scene seed, length, and the sha256 of every file
     DIR/attempts/<variation>/<split>-<k>.json    an expert failure (counted in the manifest)
-    DIR/manifest.json                    written last: config, variations, splits, episodes, checksums
+    DIR/manifest.sha256                  the sha256 of manifest.json (written just before it)
+    DIR/manifest.json                    written last: config, variations, splits, episodes, checksums (of
+                                         config.json and the attempt records too)
 
 Chunks carry zarr's crc32c codec, so a damaged chunk never decodes silently; the per-file sha256 in the
-manifest additionally covers metadata and lets `verify` check a dataset without decoding it.
+manifest additionally covers metadata and lets `verify` check a dataset without decoding it. Arrays are read
+only after their zarr metadata is checked against what `write_episode` writes (zarr v3, plain numeric dtypes,
+known codecs): zarr v2 metadata can name numcodecs' pickle codec, and nothing read back may be unpickled.
 """
 
 from __future__ import annotations
@@ -31,11 +35,13 @@ from mirroralign.errors import DataError
 FORMAT = "mirroralign-dataset"
 VERSION = 1
 MANIFEST = "manifest.json"
+MANIFEST_SHA = "manifest.sha256"
 CONFIG = "config.json"
 META = "meta.json"
 EPISODES = "episodes"
 ATTEMPTS = "attempts"
 SPLITS = ("train", "val", "test")
+DATASET_FILES = "(dataset)"  # verify's key for damaged files that belong to no episode
 CHUNK_FRAMES = 32
 
 
@@ -47,18 +53,36 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON under a temporary name, flush it to disk, then rename: readers see old or new, never half."""
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write under a temporary name, flush it to disk, then rename: readers see old or new, never half. A failed
+    write (disk full, read-only) raises OSError and leaves the old file and no temporary one."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:  # a failed write() names no file; say which one
+        raise OSError(err.errno, err.strerror, str(path)) from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def json_bytes(obj) -> bytes:
+    return json.dumps(obj, indent=1, sort_keys=True).encode()
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    write_bytes_atomic(path, json_bytes(obj))
+
+
+def write_manifest(root: Path, manifest: dict) -> None:
+    """The manifest's own checksum first, then the manifest (its presence marks the dataset complete)."""
+    data = json_bytes(manifest)
+    write_bytes_atomic(Path(root) / MANIFEST_SHA, hashlib.sha256(data).hexdigest().encode() + b"\n")
+    write_bytes_atomic(Path(root) / MANIFEST, data)
 
 
 def read_json(path: Path, what: str) -> dict:
@@ -122,9 +146,46 @@ def check_episode_files(root: Path, episode_id: str, files: dict[str, str]) -> l
     return bad
 
 
+SAFE_DTYPES = {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+               "float16", "float32", "float64"}
+SAFE_CODECS = {"bytes", "blosc", "crc32c", "zstd", "gzip", "transpose"}
+
+
+def check_zarr_metadata(group: Path) -> None:
+    """Refuse anything but what `write_episode` writes before zarr parses it: a zarr v3 group of arrays with
+    numeric dtypes and known codecs. No object dtype, no v2 metadata (whose codecs may unpickle), no
+    consolidated metadata, no storage transformers."""
+    group = Path(group)
+    for p in group.rglob("*"):
+        if p.name in (".zgroup", ".zarray", ".zattrs", ".zmetadata"):
+            raise DataError(f"refusing zarr v2 metadata (only zarr v3 is read): {p}")
+    meta = read_json(group / "zarr.json", "zarr group metadata")
+    if meta.get("zarr_format") != 3 or meta.get("node_type") != "group" or meta.get("consolidated_metadata"):
+        raise DataError(f"unexpected zarr group metadata: {group / 'zarr.json'}")
+    for p in group.rglob("zarr.json"):
+        if p.parent == group:
+            continue
+        meta = read_json(p, "zarr array metadata")
+        codecs = meta.get("codecs")
+        dtype = meta.get("data_type")
+        if (p.parent.parent != group or meta.get("zarr_format") != 3 or meta.get("node_type") != "array"
+                or not isinstance(dtype, str) or dtype not in SAFE_DTYPES or meta.get("storage_transformers")
+                or not isinstance(codecs, list)
+                or not all(isinstance(c, dict) and c.get("name") in SAFE_CODECS for c in codecs)):
+            raise DataError(f"refusing zarr array metadata (only numeric arrays with known codecs are read): {p}")
+
+
 def read_arrays(folder: Path) -> dict[str, np.ndarray]:
-    group = zarr.open_group(Path(folder) / ARRAYS, mode="r")
-    return {name: arr[...] for name, arr in group.arrays()}
+    group = Path(folder) / ARRAYS
+    check_zarr_metadata(group)
+    z = zarr.open_group(group, mode="r", zarr_format=3, use_consolidated=False)
+    arrays = {}
+    for name, arr in z.arrays():
+        try:
+            arrays[name] = arr[...]
+        except Exception as err:  # the crc32c codec or the decoder refused a chunk: name the array's folder
+            raise DataError(f"array damaged: {group / name} ({str(err).strip().splitlines()[0]})") from None
+    return arrays
 
 
 def load_episode_folder(folder: Path) -> tuple[dict, dict[str, np.ndarray]]:
@@ -137,6 +198,8 @@ def load_episode_folder(folder: Path) -> tuple[dict, dict[str, np.ndarray]]:
         raise DataError(f"episode {folder} is damaged: {bad[0] if bad else 'no file list'}")
     try:
         return meta, read_arrays(folder)
+    except DataError:
+        raise
     except Exception as err:
         raise DataError(f"episode {folder} is damaged: {err}") from None
 
@@ -144,10 +207,16 @@ def load_episode_folder(folder: Path) -> tuple[dict, dict[str, np.ndarray]]:
 class EpisodeStore:
     """A finished dataset: its manifest, and verified reads of its episodes."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, check_files: bool = True):
+        """`check_files`: refuse a dataset whose config.json or attempt records do not match the manifest
+        (`verify` lists them instead)."""
         self.root = Path(root)
         if not (self.root / MANIFEST).is_file():
             raise DataError(f"not a mirroralign dataset (no {MANIFEST}): {self.root}")
+        if (self.root / MANIFEST_SHA).is_file():  # datasets written before it existed have none
+            recorded = (self.root / MANIFEST_SHA).read_bytes().strip()
+            if sha256_file(self.root / MANIFEST).encode() != recorded:
+                raise DataError(f"manifest damaged: {self.root / MANIFEST} does not match {MANIFEST_SHA}")
         m = read_json(self.root / MANIFEST, "manifest")
         if m.get("format") != FORMAT or m.get("version") != VERSION:
             raise DataError(f"not a {FORMAT} v{VERSION} manifest: {self.root / MANIFEST}")
@@ -159,6 +228,8 @@ class EpisodeStore:
             self.splits: dict[str, list[str]] = m["splits"]
         except (KeyError, TypeError, ValueError) as err:
             raise DataError(f"manifest damaged: {self.root / MANIFEST} (bad field {err})") from None
+        if check_files and (bad := self.damaged_dataset_files()):
+            raise DataError(f"dataset file damaged: {bad[0]} does not match its checksum")
         self.variation_index = {v.id: i for i, v in enumerate(self.variations)}
         # every instruction text in one flat list (canonical first per variation) and its variation index:
         # models look a sample's text embedding up by its row here (`text_index`)
@@ -177,9 +248,18 @@ class EpisodeStore:
         entry = self.episodes[episode_id]
         return check_episode_files(self.root, episode_id, {**entry["files"], META: entry["meta_sha256"]})
 
+    def damaged_dataset_files(self) -> list[str]:
+        """config.json and the attempt records, against the manifest (datasets made before: nothing to check)."""
+        return [str(self.root / rel) for rel, digest in self.manifest.get("files", {}).items()
+                if not (self.root / rel).is_file() or sha256_file(self.root / rel) != digest]
+
     def verify(self) -> dict[str, list[str]]:
-        """Episode id -> damaged files, for every episode that does not match its checksums."""
-        return {eid: bad for eid in sorted(self.episodes) if (bad := self.damaged_files(eid))}
+        """Episode id -> damaged files, for every episode that does not match its checksums; damaged files
+        outside episodes under DATASET_FILES."""
+        damaged = {eid: bad for eid in sorted(self.episodes) if (bad := self.damaged_files(eid))}
+        if bad := self.damaged_dataset_files():
+            damaged[DATASET_FILES] = bad
+        return damaged
 
     def load(self, episode_id: str) -> dict[str, np.ndarray]:
         """All arrays of one episode, after checking every file against the manifest."""
@@ -190,5 +270,7 @@ class EpisodeStore:
             raise DataError(f"episode {episode_id} is damaged: {bad[0]} does not match its checksum")
         try:
             return read_arrays(episode_path(self.root, episode_id))
+        except DataError:
+            raise
         except Exception as err:  # the crc32c codec or the decoder refused a chunk
             raise DataError(f"episode {episode_id} is damaged: {err}") from None
