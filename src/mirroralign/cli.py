@@ -55,18 +55,20 @@ def cmd_generate(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from mirroralign.data.store import MANIFEST, EpisodeStore
+    from mirroralign.data.store import DATASET_FILES, MANIFEST, EpisodeStore
 
     root = Path(args.dir)
     if not (root / MANIFEST).is_file():
         raise UsageError(f"not a mirroralign dataset (no {MANIFEST}): {root}")
-    store = EpisodeStore(root)
+    store = EpisodeStore(root, check_files=False)
     damaged = store.verify()
     for eid, files in damaged.items():
-        print(f"damaged episode {eid}: {', '.join(files)}", file=sys.stderr)
+        what = "dataset files" if eid == DATASET_FILES else f"episode {eid}"
+        print(f"damaged {what}: {', '.join(files)}", file=sys.stderr)
     n = len(store.episodes)
     if damaged:
-        print(f"verify: {len(damaged)} of {n} episodes damaged in {root}", file=sys.stderr)
+        episodes = len([e for e in damaged if e != DATASET_FILES])
+        print(f"verify: {episodes} of {n} episodes damaged in {root}", file=sys.stderr)
         return 1
     print(f"verify: all {n} episodes match their checksums ({root})")
     return 0
@@ -184,6 +186,10 @@ def main(argv=None) -> int:
         return 2
     except DataError as err:
         print(f"mirroralign: data error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # disk full, read-only or permission denied while writing: what was written stays
+        where = f": {err.filename}" if err.filename else ""
+        print(f"mirroralign: I/O error: {err.strerror or err}{where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("mirroralign: interrupted", file=sys.stderr)

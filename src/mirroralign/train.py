@@ -11,8 +11,10 @@ back is unpickled.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import re
 import signal
 import time
 from dataclasses import asdict, dataclass
@@ -21,14 +23,21 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 from torch import nn
 from torch.utils.data import default_collate
 from tqdm import tqdm
 
 from mirroralign.config import Config
 from mirroralign.data.datasets import AgentSteps, ObserverClips, PairedSamples
-from mirroralign.data.store import EpisodeStore, read_json, sha256_file, write_json_atomic
+from mirroralign.data.store import (
+    EpisodeStore,
+    json_bytes,
+    read_json,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from mirroralign.errors import DataError, UsageError
 from mirroralign.models.align import Aligner
 from mirroralign.models.execution import ExecutionPolicy
@@ -125,20 +134,38 @@ def sample_batch(dataset, config: Config, step: int, device: torch.device) -> di
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def check_finite_inputs(batch: dict, step: int) -> None:
+def check_finite_inputs(batch: dict, step: int, run: Path | None = None) -> None:
     for key in ("proprio", "actions"):
         if key in batch and not torch.isfinite(batch[key]).all():
-            raise NumericalError(f"non-finite values in input {key!r} at step {step}")
+            last = last_checkpoint(run) if run is not None else "none"
+            raise NumericalError(f"non-finite values in input {key!r} at step {step}; last good checkpoint: {last}")
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
 
 CHECKPOINTS = "checkpoints"
+SEALED_RECORD = "mirroralign.record"  # the JSON record, less its sha256, inside the safetensors header
+
+
+def last_checkpoint(run: Path) -> str:
+    latest = run / CHECKPOINTS / "latest.json"
+    return read_checkpoint_record(latest)["file"] if latest.is_file() else "none"
+
+
+def read_checkpoint_record(path: Path) -> dict:
+    """A checkpoint's JSON record, refused unless byte for byte as `save_checkpoint` wrote it (so even a change
+    that leaves the JSON meaning the same is caught)."""
+    record = read_json(path, "checkpoint record")
+    if path.read_bytes() != json_bytes(record):
+        raise DataError(f"checkpoint record damaged: {path} is not as written")
+    return record
 
 
 def save_checkpoint(run: Path, step: int, models: nn.ModuleDict, optimizer: torch.optim.Optimizer) -> Path:
     """Weights, optimiser state and RNG state in safetensors; step, optimiser hyper-parameters and the file's
-    sha256 in JSON; `latest.json` moved last, so a kill at any moment leaves the previous checkpoint intact."""
+    sha256 in JSON; `latest.json` moved last, so a kill at any moment leaves the previous checkpoint intact, and
+    so does a failed write (disk full, read-only: OSError). The record is also sealed in the safetensors header,
+    so a damaged record (a changed step or learning rate) is caught, not just a damaged file."""
     folder = run / CHECKPOINTS
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in models.state_dict().items()}
@@ -148,33 +175,49 @@ def save_checkpoint(run: Path, step: int, models: nn.ModuleDict, optimizer: torc
             tensors[f"optim.{i}.{key}"] = torch.as_tensor(value).contiguous().cpu()
     tensors["rng.torch"] = torch.get_rng_state()
     path = folder / f"step_{step:07d}.safetensors"
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp))
-    tmp.replace(path)
     groups = [{k: v for k, v in g.items()} for g in opt["param_groups"]]
-    meta = {"step": step, "file": path.name, "sha256": sha256_file(path), "param_groups": groups}
+    record = {"step": step, "file": path.name, "param_groups": groups}
+    data = save_safetensors(tensors, metadata={SEALED_RECORD: json.dumps(record, sort_keys=True)})
+    write_bytes_atomic(path, data)
+    meta = {**record, "sha256": hashlib.sha256(data).hexdigest()}
     write_json_atomic(folder / f"step_{step:07d}.json", meta)
     write_json_atomic(folder / "latest.json", meta)
     return path
 
 
-def load_checkpoint_tensors(path: Path, sha256: str) -> dict[str, torch.Tensor]:
+def _safetensors_metadata(data: bytes) -> dict:
+    n = int.from_bytes(data[:8], "little")
+    return json.loads(data[8:8 + n]).get("__metadata__") or {}
+
+
+def load_checkpoint_tensors(path: Path, meta: dict, record_path: Path | None = None) -> dict[str, torch.Tensor]:
+    """A checkpoint's tensors, once the file matches the record's sha256 and the record the copy sealed in the
+    file (checkpoints written before the seal existed have none). safetensors only: nothing is unpickled."""
     if not path.is_file():
         raise DataError(f"checkpoint missing: {path}")
-    if sha256_file(path) != sha256:
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
         raise DataError(f"checkpoint damaged: {path} does not match its checksum")
     try:
-        return load_file(str(path))
+        tensors = load_safetensors(data)
+        sealed = _safetensors_metadata(data).get(SEALED_RECORD)
     except Exception as err:
-        raise DataError(f"checkpoint damaged: {path} ({err})") from None
+        raise DataError(f"checkpoint damaged: {path} ({str(err).strip().splitlines()[0]})") from None
+    if sealed is not None and json.loads(sealed) != {k: v for k, v in meta.items() if k != "sha256"}:
+        record_path = record_path or path.with_suffix(".json")
+        raise DataError(f"checkpoint record damaged: {record_path} differs from the record sealed in {path}")
+    return tensors
 
 
 def restore(run: Path, models: nn.ModuleDict, optimizer: torch.optim.Optimizer | None = None,
             meta: dict | None = None) -> int:
     """Load a checkpoint (the latest by default) into `models` (and `optimizer`); returns its step."""
     folder = run / CHECKPOINTS
-    meta = meta or read_json(folder / "latest.json", "checkpoint record")
-    tensors = load_checkpoint_tensors(folder / meta["file"], meta["sha256"])
+    record_path = folder / "latest.json" if meta is None else None
+    meta = meta or read_checkpoint_record(folder / "latest.json")
+    if not re.fullmatch(r"step_\d{7}\.safetensors", str(meta.get("file"))):
+        raise DataError(f"checkpoint record damaged in {folder}: no valid file name ({meta.get('file')!r})")
+    tensors = load_checkpoint_tensors(folder / meta["file"], meta, record_path)
     models.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     if optimizer is not None:
         state: dict[int, dict] = {}
@@ -254,14 +297,13 @@ def train(config: Config, mode: str, data: str | Path, out: str | Path, progress
             t0 = time.perf_counter()
             torch.manual_seed(step_seed(config.train.seed, step) + 1)  # clip jitter, paraphrases, augmentation
             batch = sample_batch(dataset, config, step, device)
-            check_finite_inputs(batch, step)
+            check_finite_inputs(batch, step, run)
             t_data = time.perf_counter() - t0
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * lr_factor(step, config)
             loss, info = compute_loss(mode, models, batch, config)
             if not torch.isfinite(loss):
-                last = read_json(run / CHECKPOINTS / "latest.json", "checkpoint record")["file"] \
-                    if (run / CHECKPOINTS / "latest.json").is_file() else "none"
+                last = last_checkpoint(run)
                 raise NumericalError(f"non-finite loss ({loss.item()}) at step {step}; "
                                      f"last good checkpoint: {last}")
             optimizer.zero_grad(set_to_none=True)
@@ -314,7 +356,7 @@ def load_run(run: str | Path, checkpoint: str | None = None) -> LoadedRun:
     mode = identity["mode"]
     store = EpisodeStore(identity["data"])
     models = build_models(config, mode, store)
-    meta = read_json(run / CHECKPOINTS / checkpoint, "checkpoint record") if checkpoint else None
+    meta = read_checkpoint_record(run / CHECKPOINTS / checkpoint) if checkpoint else None
     step = restore(run, models, meta=meta)
     return LoadedRun(run, mode, config, store, models.eval(), step)
 
