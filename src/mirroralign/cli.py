@@ -40,6 +40,13 @@ def cmd_suites(args) -> int:
             print(f"{name}: {len(tasks)} tasks, {len(variations)} variations")
             for v in variations:
                 print(f"  {v['id']:<28} {v['instruction']}")
+        from mirroralign.suites import RLBENCH_SUITES
+
+        for name, tasks in RLBENCH_SUITES.items():
+            print(f"{name}: {len(tasks)} RLBench tasks, {sum(tasks.values())} variations "
+                  f"(instructions come with the demonstrations: mirroralign import-rlbench)")
+            for task, n in tasks.items():
+                print(f"  {task:<28} {n} variations")
     return 0
 
 
@@ -50,6 +57,18 @@ def cmd_generate(args) -> int:
     config = _load(args, {"data.suite": args.suite, "data.episodes": args.episodes, "data.workers": args.workers,
                           "data.seed": args.seed, "data.tasks": tasks})
     root = generate(config, args.out)
+    print(f"dataset: {root}")
+    return 0
+
+
+def cmd_import_rlbench(args) -> int:
+    from mirroralign.data.rlbench import import_rlbench
+
+    def names(values):  # `--tasks a b` and `--tasks a,b` both work
+        return None if values is None else [n for v in values for n in v.split(",") if n]
+
+    root = import_rlbench(args.src, args.out, tasks=names(args.tasks), cameras=names(args.cameras),
+                          observer=args.observer, image_size=args.image_size)
     print(f"dataset: {root}")
     return 0
 
@@ -135,6 +154,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     _config_args(p)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("import-rlbench", help="convert RLBench demonstration folders into a dataset")
+    p.add_argument("src", help="RLBench data: <task>/variation<N>/... or <task>/all_variations/... (PerAct), "
+                               "optionally under train/ val/ test/")
+    p.add_argument("--out", required=True)
+    p.add_argument("--tasks", nargs="+", help="subset of the rlbench18 tasks (default: every task folder)")
+    p.add_argument("--cameras", nargs="+", help="agent cameras (default: front left_shoulder right_shoulder wrist)")
+    p.add_argument("--observer", help="observer camera (default: overhead)")
+    p.add_argument("--image-size", type=int, help="resize every image to this square size (default: as stored)")
+    p.set_defaults(func=cmd_import_rlbench)
 
     p = sub.add_parser("verify", help="check every stored file against its checksum")
     p.add_argument("dir")

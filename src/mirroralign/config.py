@@ -95,6 +95,7 @@ class TrainConfig:
     log_every: int = 20
     seed: int = 0
     clip_window: Optional[int] = None  # observer clips: the whole episode (None) or a window of W steps
+    keyframes: bool = False  # execution steps at PerAct/RVT keyframes only, chunks of keyframe poses (RLBench)
     device: str = "auto"  # auto: cuda when available, else cpu
 
 

@@ -101,12 +101,34 @@ def _benchmark_suite(name: str) -> tuple[Variation, ...]:
 
 SUITE_NAMES = ("mirror10", "mt10", "mt50")
 
+# The 18 RLBench tasks of PerAct (Shridhar et al., CoRL 2022) and RVT, with their numbers of variations
+# (249 in all, as PerAct reports). Their instructions come with the demonstrations (each variation's
+# `variation_descriptions.pkl`), so this suite validates `import-rlbench` rather than driving `generate`.
+RLBENCH18: dict[str, int] = {
+    "open_drawer": 3, "slide_block_to_color_target": 4, "sweep_to_dustpan_of_size": 2, "meat_off_grill": 2,
+    "turn_tap": 2, "put_item_in_drawer": 3, "close_jar": 20, "reach_and_drag": 20, "stack_blocks": 60,
+    "light_bulb_in": 20, "put_money_in_safe": 3, "place_wine_at_rack_location": 3, "put_groceries_in_cupboard": 9,
+    "place_shape_in_shape_sorter": 5, "push_buttons": 50, "insert_onto_square_peg": 20, "stack_cups": 20,
+    "place_cups": 3,
+}
+RLBENCH_SUITES = {"rlbench18": RLBENCH18}
+
+
+def get_rlbench_suite(name: str) -> dict[str, int]:
+    """Task -> number of variations of an RLBench suite."""
+    if name not in RLBENCH_SUITES:
+        raise UsageError(f"unknown RLBench suite {name!r} (known: {', '.join(RLBENCH_SUITES)})")
+    return RLBENCH_SUITES[name]
+
 
 def get_suite(name: str) -> tuple[Variation, ...]:
     if name == "mirror10":
         return MIRROR10
     if name in ("mt10", "mt50"):
         return _benchmark_suite(name)
+    if name in RLBENCH_SUITES:
+        raise UsageError(f"suite {name} lists RLBench tasks, which need CoppeliaSim to generate; import recorded "
+                         f"demonstrations with `mirroralign import-rlbench`")
     raise UsageError(f"unknown suite {name!r} (known: {', '.join(SUITE_NAMES)})")
 
 

@@ -60,8 +60,9 @@ def make_dataset(store: EpisodeStore, config: Config, mode: str, split: str = "t
     if mode == "understand":
         return ObserverClips(store, split, frames=u.frames, window=t.clip_window, train=train)
     if mode == "execute":
-        return AgentSteps(store, split, horizon=x.horizon, train=train)
-    return PairedSamples(store, split, frames=u.frames, horizon=x.horizon, window=t.clip_window, train=train)
+        return AgentSteps(store, split, horizon=x.horizon, train=train, keyframes=t.keyframes)
+    return PairedSamples(store, split, frames=u.frames, horizon=x.horizon, window=t.clip_window, train=train,
+                         keyframes=t.keyframes)
 
 
 @lru_cache(maxsize=8)

@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mirroralign.data.store import EpisodeStore
+from mirroralign.errors import UsageError
 
 
 def uniform_indices(start: int, end: int, frames: int) -> np.ndarray:
@@ -27,8 +28,11 @@ def to_chw(frames: np.ndarray) -> np.ndarray:
 class _Episodes(Dataset):
     def __init__(self, store: EpisodeStore | str, split: str = "train", train: bool | None = None,
                  observer_camera: str | None = None, agent_cameras: list[str] | None = None,
-                 fraction: float = 1.0):
+                 fraction: float = 1.0, keyframes: bool = False):
         self.fraction = fraction  # whole-episode clips cover this leading fraction (early recognition)
+        # keyframes (PerAct/RVT): steps are taken at the start and at each keyframe, and their action chunk is
+        # the actions that arrive at the next keyframes; needs the `keyframes` array of an RLBench import
+        self.keyframes = keyframes
         self.store = store if isinstance(store, EpisodeStore) else EpisodeStore(store)
         cams = self.store.manifest["cameras"]
         self.observer_camera = observer_camera or cams["observer"][0]
@@ -43,6 +47,8 @@ class _Episodes(Dataset):
         self.tasks = sorted({v.task for v in self.variations})
         self.episode_ids = self.store.episode_ids(split)
         self.episodes = [self._load(eid) for eid in self.episode_ids]
+        if keyframes and any(ep["keyframes"] is None for ep in self.episodes):
+            raise UsageError(f"dataset {self.store.root} has no keyframes (RLBench imports carry them)")
 
     def _load(self, eid: str) -> dict:
         arrays = self.store.load(eid)
@@ -52,6 +58,7 @@ class _Episodes(Dataset):
             "observer": to_chw(arrays[f"observer.{self.observer_camera}"]),
             "agent": np.stack([to_chw(arrays[f"agent.{c}"]) for c in self.agent_cameras], axis=1),  # [T+1, C, 3, H, W]
             "proprio": arrays["proprio"], "actions": arrays["actions"], "length": int(meta["length"]),
+            "keyframes": arrays.get("keyframes"),
             "variation": variation, "task": self.tasks.index(self.variations[variation].task),
         }
 
@@ -88,13 +95,20 @@ class _Episodes(Dataset):
 
     def _step(self, e: int, t: int, horizon: int) -> dict:
         ep = self.episodes[e]
-        idx = np.arange(t, t + horizon)
-        is_pad = idx >= ep["length"]
-        actions = ep["actions"][np.minimum(idx, ep["length"] - 1)]  # pad by repeating the last action
+        if self.keyframes:  # action k - 1 is the one that arrives at frame k
+            ahead = ep["keyframes"][ep["keyframes"] > t][:horizon] - 1
+            is_pad = np.arange(horizon) >= len(ahead)
+            actions = ep["actions"][np.concatenate([ahead, np.repeat(ahead[-1:], horizon - len(ahead))])]
+        else:
+            idx = np.arange(t, t + horizon)
+            is_pad = idx >= ep["length"]
+            actions = ep["actions"][np.minimum(idx, ep["length"] - 1)]  # pad by repeating the last action
         return {"images": torch.from_numpy(ep["agent"][t]), "proprio": torch.from_numpy(ep["proprio"][t]),
                 "actions": torch.from_numpy(actions), "action_is_pad": torch.from_numpy(is_pad), "t": t}
 
     def _step_index(self) -> list[tuple[int, int]]:
+        if self.keyframes:  # the first frame and every keyframe but the last
+            return [(e, int(t)) for e, ep in enumerate(self.episodes) for t in [0, *ep["keyframes"][:-1]]]
         return [(e, t) for e, ep in enumerate(self.episodes) for t in range(ep["length"])]
 
     def __len__(self) -> int:
@@ -119,7 +133,8 @@ class ObserverClips(_Episodes):
 
 
 class AgentSteps(_Episodes):
-    """Agent images and proprioception at step t with the next `horizon` actions (embodied execution)."""
+    """Agent images and proprioception at step t with the next `horizon` actions (embodied execution); with
+    `keyframes=True`, at the start and at each keyframe, with the actions arriving at the next keyframes."""
 
     def __init__(self, store, split="train", horizon: int = 8, **kw):
         super().__init__(store, split, **kw)

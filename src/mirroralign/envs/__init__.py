@@ -5,7 +5,7 @@ from __future__ import annotations
 from mirroralign.envs.base import Env, Observation, Variation
 from mirroralign.errors import UsageError
 
-SIMULATORS = ("metaworld",)
+SIMULATORS = ("metaworld", "rlbench")
 
 
 def make_env(simulator: str, task: str, image_size: int = 64, render_cameras=(), fidelity: str = "fast") -> Env:
@@ -13,6 +13,14 @@ def make_env(simulator: str, task: str, image_size: int = 64, render_cameras=(),
         from mirroralign.envs.metaworld import MetaWorldEnv
 
         return MetaWorldEnv(task, image_size=image_size, render_cameras=render_cameras, fidelity=fidelity)
+    if simulator == "rlbench":
+        from mirroralign.envs.rlbench_spec import RLBenchUnavailable
+
+        try:
+            from mirroralign.envs.rlbench import RLBenchEnv
+        except RLBenchUnavailable as err:
+            raise UsageError(str(err)) from None
+        return RLBenchEnv(task, image_size=image_size, render_cameras=render_cameras, fidelity=fidelity)
     raise UsageError(f"unknown simulator {simulator!r} (known: {', '.join(SIMULATORS)})")
 
 
@@ -21,6 +29,10 @@ def simulator_cameras(simulator: str) -> tuple[str, ...]:
         from mirroralign.envs.metaworld import CAMERAS
 
         return CAMERAS
+    if simulator == "rlbench":
+        from mirroralign.envs.rlbench_spec import CAMERAS as RLBENCH_CAMERAS
+
+        return RLBENCH_CAMERAS
     raise UsageError(f"unknown simulator {simulator!r} (known: {', '.join(SIMULATORS)})")
 
 

@@ -37,3 +37,7 @@ def proprio_vector(joint_positions, gripper_pose, gripper_open) -> np.ndarray:
 def pose_action(gripper_pose, gripper_open) -> np.ndarray:
     """The target an end-effector-pose controller is given: the pose and open state to reach next."""
     return np.concatenate([canonical_pose(gripper_pose), np.asarray([gripper_open], np.float32)])
+
+
+class RLBenchUnavailable(ImportError):
+    """RLBench (with PyRep and CoppeliaSim) is not installed here, so the live adapter cannot load."""
