@@ -164,6 +164,15 @@ def test_import_generator_layout(tmp_path):
             _same_image(arrays["observer.overhead"][i], info["seed"], "overhead", i)
             _same_image(arrays["agent.wrist"][i], info["seed"], "wrist", i)
 
+    # verify checks an import like any dataset: one flipped byte is named
+    assert (out / "manifest.sha256").is_file()
+    chunk = next(p for p in sorted((out / "episodes").rglob("*")) if p.is_file() and "agent.front/c/" in p.as_posix())
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    r = run_cli("verify", out)
+    assert r.returncode == 1 and "1 of 9 episodes damaged" in r.stderr
+
 
 def test_import_peract_layout_with_split_folders(tmp_path):
     """PerAct's released layout (all_variations, variation number per episode) under train/ val/ test/, numpy 2

@@ -34,8 +34,8 @@ from tqdm import tqdm
 
 from mirroralign.data.generate import split_counts
 from mirroralign.data.rlbench_pickle import Demo, load_rlbench_pickle
-from mirroralign.data.store import (CONFIG, FORMAT, MANIFEST, META, SPLITS, VERSION, episode_path, sha256_file,
-                                    write_episode, write_json_atomic)
+from mirroralign.data.store import (CONFIG, FORMAT, META, SPLITS, VERSION, episode_path, sha256_file, write_episode,
+                                    write_json_atomic, write_manifest)
 from mirroralign.envs.base import Variation
 from mirroralign.envs.rlbench_spec import (ACTION_FIELDS, AGENT_CAMERAS, CAMERAS, OBSERVER_CAMERA, PROPRIO_FIELDS,
                                            REQUIRED_FIELDS, pose_action, proprio_vector)
@@ -330,7 +330,7 @@ def import_rlbench(src: str | Path, out: str | Path, tasks: list[str] | None = N
                                                        "source")}
             entries[eid]["meta_sha256"] = sha256_file(episode_path(tmp, eid) / META)
             splits[e.split].append(eid)
-        write_json_atomic(tmp / MANIFEST, {
+        write_manifest(tmp, {
             "format": FORMAT, "version": VERSION, "config": identity, "simulator": "rlbench", "image_size": size,
             "cameras": identity["cameras"], "variations": [v.to_dict() for v in variations],
             "episodes_per_split": {s: len(ids) for s, ids in splits.items()}, "splits": splits,
