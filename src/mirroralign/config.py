@@ -11,6 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Optional
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -153,7 +154,7 @@ def load_config(preset: str = "quick", config_file: str | Path | None = None, ov
         config: Config = OmegaConf.to_object(cfg)
     except UsageError:
         raise
-    except (OmegaConfBaseException, ValueError, TypeError) as err:
+    except (OmegaConfBaseException, yaml.YAMLError, ValueError, TypeError) as err:  # YAML: e.g. a python tag
         raise UsageError(f"bad config: {_first_line(err)}") from None
     validate(config)
     return config
