@@ -250,7 +250,7 @@ def test_train_tiny_on_an_import(imported, tmp_path, mode, extra):
 # ------------------------------------------------------------------------------------------------ bad input
 
 
-def _nothing_written(tmp_path: Path, out: Path) -> bool:
+def _nothing_written(out: Path) -> bool:
     return not out.exists() and not list(out.parent.glob(f".{out.name}.tmp-*"))
 
 
@@ -280,7 +280,7 @@ def test_import_rejects_bad_input(case, source, tmp_path):
     out = tmp_path / "out"
     r = run_cli("import-rlbench", source, "--out", out, *BAD_USAGE[case])
     _one_line(r, 2, "mirroralign: error:")
-    assert _nothing_written(tmp_path, out)
+    assert _nothing_written(out)
 
 
 def test_import_rejects_missing_source_unknown_task_folder_and_used_output(source, tmp_path):
@@ -289,7 +289,7 @@ def test_import_rejects_missing_source_unknown_task_folder_and_used_output(sourc
     (source / "reach_target").mkdir()  # an RLBench task outside rlbench18
     r = run_cli("import-rlbench", source, "--out", out)
     _one_line(r, 2, "mirroralign: error:")
-    assert "reach_target" in r.stderr and "rlbench18" in r.stderr and _nothing_written(tmp_path, out)
+    assert "reach_target" in r.stderr and "rlbench18" in r.stderr and _nothing_written(out)
     assert run_cli("import-rlbench", source, "--out", out, "--tasks", "open_drawer").returncode == 0
     before = sorted(str(p) for p in out.rglob("*"))
     _one_line(run_cli("import-rlbench", source, "--out", out, "--tasks", "open_drawer"), 2, "mirroralign: error:")
@@ -327,11 +327,11 @@ DAMAGED = {"variation out of range": (_damage_variation, "out of range"), "missi
 def test_import_refuses_damaged_data_and_writes_nothing(case, source, tmp_path):
     damage, message = DAMAGED[case]
     damage(source)
-    out = tmp_path / "out"
+    out = tmp_path / "new" / "out"  # its parent is made for the import and removed with it
     r = run_cli("import-rlbench", source, "--out", out)
     _one_line(r, 1, "mirroralign: data error:")
     assert message in r.stderr
-    assert _nothing_written(tmp_path, out) and not (tmp_path / "pwned").exists()
+    assert not (tmp_path / "new").exists() and not (tmp_path / "pwned").exists()
 
 
 def test_images_of_different_sizes_need_image_size(tmp_path):
@@ -342,7 +342,7 @@ def test_images_of_different_sizes_need_image_size(tmp_path):
         for png in (folder / f"{cam}_rgb").glob("*.png"):
             Image.new("RGB", (24, 24)).save(png)
     _one_line(run_cli("import-rlbench", src, "--out", out), 2, "mirroralign: error:")
-    assert _nothing_written(tmp_path, out)
+    assert _nothing_written(out)
     assert run_cli("import-rlbench", src, "--out", out, "--image-size", 24).returncode == 0
 
 
@@ -394,7 +394,7 @@ def test_live_adapter_resets_steps_and_renders():
         obs = env.reset(v, 0)
         assert obs.images["front"].shape == (64, 64, 3) and obs.proprio.shape == (env.proprio_dim,)
         action = np.concatenate([obs.proprio[7:14], [1.0]])  # stay where it is
-        obs2, reward, success = env.step(action)
+        obs2, _, success = env.step(action)
         assert obs2.images["wrist"].shape == (64, 64, 3) and not success
     finally:
         env.close()

@@ -304,8 +304,10 @@ def import_rlbench(src: str | Path, out: str | Path, tasks: list[str] | None = N
                 "cameras": {"observer": [observer], "agent": agents}, "image_size": image_size,
                 "val_fraction": val_fraction, "test_fraction": test_fraction}
 
+    missing = [d for d in (out.parent, *out.parent.parents) if not d.exists()]  # folders made here, undone on failure
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    done = False
     try:
         tmp.mkdir()
         write_json_atomic(tmp / CONFIG, {"format": FORMAT, "version": VERSION, "identity": identity})
@@ -339,7 +341,10 @@ def import_rlbench(src: str | Path, out: str | Path, tasks: list[str] | None = N
             "files": {CONFIG: sha256_file(tmp / CONFIG)},  # files outside the episodes have checksums too
         })
         os.replace(tmp, out)  # an empty `out` directory is replaced; a non-empty one was refused above
+        done = True
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        if not done and missing:
+            shutil.rmtree(missing[-1], ignore_errors=True)
     return out
