@@ -195,10 +195,10 @@ def load_checkpoint_tensors(path: Path, meta: dict, record_path: Path | None = N
     """A checkpoint's tensors, once the file matches the record's sha256 and the record the copy sealed in the
     file (checkpoints written before the seal existed have none). safetensors only: nothing is unpickled."""
     if not path.is_file():
-        raise DataError(f"checkpoint missing: {path}")
+        raise DataError(f"checkpoint missing: {path} (named by {record_path or 'its record'})")
     data = path.read_bytes()
     if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
-        raise DataError(f"checkpoint damaged: {path} does not match its checksum")
+        raise DataError(f"checkpoint damaged: {path} does not match the sha256 in {record_path or 'its record'}")
     try:
         tensors = load_safetensors(data)
         sealed = _safetensors_metadata(data).get(SEALED_RECORD)
@@ -211,13 +211,14 @@ def load_checkpoint_tensors(path: Path, meta: dict, record_path: Path | None = N
 
 
 def restore(run: Path, models: nn.ModuleDict, optimizer: torch.optim.Optimizer | None = None,
-            meta: dict | None = None) -> int:
-    """Load a checkpoint (the latest by default) into `models` (and `optimizer`); returns its step."""
+            record: str = "latest.json") -> int:
+    """Load the checkpoint that `record` (a JSON record in the run's checkpoints, the latest by default) names
+    into `models` (and `optimizer`); returns its step."""
     folder = run / CHECKPOINTS
-    record_path = folder / "latest.json" if meta is None else None
-    meta = meta or read_checkpoint_record(folder / "latest.json")
+    record_path = folder / record
+    meta = read_checkpoint_record(record_path)
     if not re.fullmatch(r"step_\d{7}\.safetensors", str(meta.get("file"))):
-        raise DataError(f"checkpoint record damaged in {folder}: no valid file name ({meta.get('file')!r})")
+        raise DataError(f"checkpoint record damaged: {record_path} names no checkpoint file ({meta.get('file')!r})")
     tensors = load_checkpoint_tensors(folder / meta["file"], meta, record_path)
     models.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     if optimizer is not None:
@@ -357,8 +358,7 @@ def load_run(run: str | Path, checkpoint: str | None = None) -> LoadedRun:
     mode = identity["mode"]
     store = EpisodeStore(identity["data"])
     models = build_models(config, mode, store)
-    meta = read_checkpoint_record(run / CHECKPOINTS / checkpoint) if checkpoint else None
-    step = restore(run, models, meta=meta)
+    step = restore(run, models, record=checkpoint or "latest.json")
     return LoadedRun(run, mode, config, store, models.eval(), step)
 
 
