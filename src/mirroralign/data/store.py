@@ -216,7 +216,8 @@ class EpisodeStore:
         if (self.root / MANIFEST_SHA).is_file():  # datasets written before it existed have none
             recorded = (self.root / MANIFEST_SHA).read_bytes().strip()
             if sha256_file(self.root / MANIFEST).encode() != recorded:
-                raise DataError(f"manifest damaged: {self.root / MANIFEST} does not match {MANIFEST_SHA}")
+                raise DataError(f"manifest damaged: {self.root / MANIFEST} does not match "
+                                f"{self.root / MANIFEST_SHA}")
         m = read_json(self.root / MANIFEST, "manifest")
         if m.get("format") != FORMAT or m.get("version") != VERSION:
             raise DataError(f"not a {FORMAT} v{VERSION} manifest: {self.root / MANIFEST}")
