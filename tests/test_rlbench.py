@@ -237,7 +237,7 @@ def _losses(run: Path) -> list[float]:
 
 
 @pytest.mark.parametrize("mode,extra", [("execute", ["train.keyframes=true"]), ("mirror", [])])
-def test_train_tiny_on_an_import(imported, tmp_path, mode, extra):
+def test_train_tiny_on_an_import_and_evaluate_recognition(imported, tmp_path, mode, extra):
     run = tmp_path / mode
     r = run_cli("train", "--mode", mode, "--data", imported, "--out", run, "--preset", "tiny", "train.steps=4",
                 "train.log_every=1", *extra)
@@ -245,6 +245,15 @@ def test_train_tiny_on_an_import(imported, tmp_path, mode, extra):
     losses = _losses(run)
     assert len(losses) == 4 and all(np.isfinite(losses))
     assert (run / "checkpoints" / "latest.json").is_file()
+    # rollouts need the simulator: without RLBench, one line before any work; recognition works from the import
+    r = run_cli("evaluate", "--run", run, "--data", imported, "--out", tmp_path / "eval")
+    _one_line(r, 2, "mirroralign: error: RLBench is not installed")
+    assert "--no-rollouts" in r.stderr and not (tmp_path / "eval").exists()
+    if mode == "mirror":
+        r = run_cli("evaluate", "--run", run, "--data", imported, "--out", tmp_path / "eval", "--no-rollouts")
+        assert r.returncode == 0, r.stderr
+        recognition = json.loads((tmp_path / "eval" / "metrics.json").read_text())["recognition"]
+        assert recognition["n"] == 5 and recognition["view"] == "overhead" and 0 <= recognition["top1"] <= 1
 
 
 # ------------------------------------------------------------------------------------------------ bad input

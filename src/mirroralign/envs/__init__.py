@@ -24,6 +24,19 @@ def make_env(simulator: str, task: str, image_size: int = 64, render_cameras=(),
     raise UsageError(f"unknown simulator {simulator!r} (known: {', '.join(SIMULATORS)})")
 
 
+def check_simulator(simulator: str) -> None:
+    """UsageError when `simulator` cannot run here (RLBench without CoppeliaSim), before any work starts."""
+    if simulator == "rlbench":
+        from mirroralign.envs.rlbench_spec import RLBenchUnavailable
+
+        try:
+            import mirroralign.envs.rlbench  # noqa: F401
+        except RLBenchUnavailable as err:
+            raise UsageError(str(err)) from None
+    elif simulator not in SIMULATORS:
+        raise UsageError(f"unknown simulator {simulator!r} (known: {', '.join(SIMULATORS)})")
+
+
 def simulator_cameras(simulator: str) -> tuple[str, ...]:
     if simulator == "metaworld":
         from mirroralign.envs.metaworld import CAMERAS
@@ -36,4 +49,4 @@ def simulator_cameras(simulator: str) -> tuple[str, ...]:
     raise UsageError(f"unknown simulator {simulator!r} (known: {', '.join(SIMULATORS)})")
 
 
-__all__ = ["Env", "Observation", "Variation", "make_env", "simulator_cameras", "SIMULATORS"]
+__all__ = ["Env", "Observation", "Variation", "make_env", "check_simulator", "simulator_cameras", "SIMULATORS"]

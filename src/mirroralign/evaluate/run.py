@@ -11,7 +11,7 @@ import numpy as np
 
 from mirroralign.stats import mean_ci
 from mirroralign.data.store import EpisodeStore, write_episode, write_json_atomic
-from mirroralign.envs import simulator_cameras
+from mirroralign.envs import check_simulator, simulator_cameras
 from mirroralign.errors import DataError, UsageError
 from mirroralign.evaluate.recognition import recognition_scores, test_clips
 from mirroralign.evaluate.rollouts import run_rollouts
@@ -68,6 +68,11 @@ def evaluate(run: str | Path, data: str | Path, out: str | Path, view: str | Non
     known = simulator_cameras(store.manifest["simulator"])
     if view not in known:
         raise UsageError(f"unknown camera {view!r} (known: {', '.join(known)})")
+    if rollouts and "execution" in loaded.models:  # e.g. RLBench data without CoppeliaSim: say so before any work
+        try:
+            check_simulator(store.manifest["simulator"])
+        except UsageError as err:
+            raise UsageError(f"{err} (--no-rollouts evaluates recognition alone)") from None
     metrics = {"run": str(loaded.path), "mode": loaded.mode, "step": loaded.step, "data": str(store.root)}
     ids = [v.id for v in store.variations]
 
