@@ -5,8 +5,9 @@
     mirror      both and the aligner on paired samples: L = L_AU + lambda_EE * L_EE + lambda_align * L_align
 
 Every step draws its batch and its augmentation from an RNG seeded by (seed, step), so a run resumed from a
-checkpoint continues exactly as if it had never stopped. Checkpoints are safetensors plus JSON: nothing read
-back is unpickled.
+checkpoint continues exactly as if it had never stopped. Under torchrun each process is one rank of
+DistributedDataParallel and takes its slice of that same global batch (see `mirroralign.distributed`).
+Checkpoints are safetensors plus JSON: nothing read back is unpickled.
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ from omegaconf import OmegaConf
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import default_collate
 from tqdm import tqdm
 
+from mirroralign import distributed
 from mirroralign.config import Config
 from mirroralign.data.datasets import AgentSteps, ObserverClips, PairedSamples
 from mirroralign.data.store import (
@@ -124,14 +127,35 @@ def compute_loss(mode: str, models: nn.ModuleDict, batch: dict, config: Config) 
     return l_au + a.lambda_ee * l_ee + a.lambda_align * l_align, {**info_au, **info_ee, **info_align}
 
 
+class Objective(nn.Module):
+    """The loss of `mode` as a module: DistributedDataParallel synchronises gradients only through a forward."""
+
+    def __init__(self, mode: str, models: nn.ModuleDict, config: Config):
+        super().__init__()
+        self.mode, self.models, self.config = mode, models, config
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        return compute_loss(self.mode, self.models, batch, self.config)
+
+
 def step_seed(seed: int, step: int) -> int:
     return seed * 1_000_003 + step
 
 
-def sample_batch(dataset, config: Config, step: int, device: torch.device) -> dict:
+def sample_batch(dataset, config: Config, step: int, device: torch.device, rank: int = 0,
+                 world_size: int = 1) -> dict:
+    """The global batch of `step` (train.batch_size samples drawn from an RNG seeded by (seed, step)), or this
+    rank's contiguous slice of it. Each sample has its own seed, which fixes its clip jitter, paraphrase and
+    augmentation, so a sample is the same whichever rank draws it."""
     g = torch.Generator().manual_seed(step_seed(config.train.seed, step))
-    idx = torch.randint(len(dataset), (config.train.batch_size,), generator=g).tolist()
-    batch = default_collate([dataset[i] for i in idx])
+    n = config.train.batch_size
+    idx = torch.randint(len(dataset), (n,), generator=g).tolist()
+    seeds = torch.randint(2 ** 62, (n,), generator=g).tolist()
+    items = []
+    for j in range(rank * n // world_size, (rank + 1) * n // world_size):
+        torch.default_generator.manual_seed(seeds[j])  # the datasets draw from torch's (CPU) RNG
+        items.append({**dataset[idx[j]], "sample_seed": seeds[j]})
+    batch = default_collate(items)
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
@@ -249,7 +273,25 @@ def prepare_run(run: Path, config: Config, mode: str, data: Path) -> dict:
     return {"identity": identity}
 
 
+def pick_device(config: Config) -> torch.device:
+    if config.train.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(config.train.device)
+
+
 def train(config: Config, mode: str, data: str | Path, out: str | Path, progress: bool = True) -> Path:
+    """Train `mode` on DATA into OUT (resuming OUT's latest checkpoint). Started by torchrun, this process is
+    one rank of DistributedDataParallel training (gloo on CPUs, nccl on GPUs) for the duration of the call."""
+    if not distributed.launched_by_torchrun() or distributed.active():
+        return _train(config, mode, data, out, progress)
+    distributed.init_from_torchrun(pick_device(config))
+    try:
+        return _train(config, mode, data, out, progress)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _train(config: Config, mode: str, data: str | Path, out: str | Path, progress: bool) -> Path:
     if mode not in MODES:
         raise UsageError(f"unknown mode {mode!r} (known: {', '.join(MODES)})")
     data, run = Path(data), Path(out)
@@ -265,8 +307,11 @@ def train(config: Config, mode: str, data: str | Path, out: str | Path, progress
     except ValueError as err:
         raise UsageError(str(err)) from None
 
-    device = torch.device("cuda" if config.train.device == "auto" and torch.cuda.is_available()
-                          else "cpu" if config.train.device == "auto" else config.train.device)
+    device = pick_device(config)  # under DDP on GPUs: this rank's, which init_from_torchrun made current
+    rank, world_size = distributed.rank(), distributed.world_size()
+    if config.train.batch_size % world_size:
+        raise UsageError(f"train.batch_size ({config.train.batch_size}) must be a multiple of the number of "
+                         f"processes ({world_size}): each takes an equal slice of the global batch")
     torch.manual_seed(config.train.seed)
     try:
         models = build_models(config, mode, store).to(device)
@@ -274,47 +319,59 @@ def train(config: Config, mode: str, data: str | Path, out: str | Path, progress
         raise UsageError(str(err)) from None
     optimizer = make_optimizer(models, config)
 
-    # validated: from here on the run directory is written
-    run.mkdir(parents=True, exist_ok=True)
-    if not (run / "run.json").is_file():
+    # validated: from here on the run directory is written, by rank 0 only, once every rank has validated it
+    distributed.barrier()
+    if rank == 0:
+        run.mkdir(parents=True, exist_ok=True)
+    if rank == 0 and not (run / "run.json").is_file():
         (run / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
         write_json_atomic(run / "run.json", {**record, "parameters": {
             k: sum(p.numel() for p in m.parameters()) for k, m in models.items()}})
     start = restore(run, models, optimizer) if (run / CHECKPOINTS / "latest.json").is_file() else 0
-    _truncate_metrics(run / "metrics.jsonl", start)
+    if rank == 0:
+        _truncate_metrics(run / "metrics.jsonl", start)
     if start >= config.train.steps:
         return run
+    objective = Objective(mode, models, config)
+    if world_size > 1:
+        # no running statistics in these models, so no buffers to broadcast
+        objective = DistributedDataParallel(objective, device_ids=[device] if device.type == "cuda" else None,
+                                            forward_sync_buffers=False)
 
     from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(str(run / "tensorboard"), purge_step=start)
-    metrics = open(run / "metrics.jsonl", "a")
+    writer = SummaryWriter(str(run / "tensorboard"), purge_step=start) if rank == 0 else None
+    metrics = open(run / "metrics.jsonl", "a") if rank == 0 else None
     bar = tqdm(range(start, config.train.steps), initial=start, total=config.train.steps, desc=f"train {mode}",
-               disable=not progress)
+               disable=not progress or rank != 0)
     models.train()
     interrupted = []  # Ctrl-C finishes the step in progress, checkpoints it, then stops
     previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
     try:
         for step in bar:
             t0 = time.perf_counter()
-            torch.manual_seed(step_seed(config.train.seed, step) + 1)  # clip jitter, paraphrases, augmentation
-            batch = sample_batch(dataset, config, step, device)
+            torch.manual_seed(step_seed(config.train.seed, step) + 1)  # whatever else draws from torch's RNG
+            batch = sample_batch(dataset, config, step, device, rank, world_size)
             check_finite_inputs(batch, step, run)
             t_data = time.perf_counter() - t0
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * lr_factor(step, config)
-            loss, info = compute_loss(mode, models, batch, config)
-            if not torch.isfinite(loss):
+            loss, info = objective(batch)
+            # every rank sees the same numbers, the global batch's (means over ranks), and so stops together
+            loss_value, *info_values, stop = distributed.mean_over_ranks(
+                [loss.item(), *info.values(), float(bool(interrupted))], device)
+            info = dict(zip(info, info_values))
+            if not math.isfinite(loss_value):
                 last = last_checkpoint(run)
-                raise NumericalError(f"non-finite loss ({loss.item()}) at step {step}; "
+                raise NumericalError(f"non-finite loss ({loss_value}) at step {step}; "
                                      f"last good checkpoint: {last}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = nn.utils.clip_grad_norm_(models.parameters(), config.train.grad_clip)
             optimizer.step()
             done = step + 1
-            if done % config.train.log_every == 0 or done == config.train.steps:
-                row = {"step": done, "loss": loss.item(), **info, "grad_norm": float(grad_norm),
+            if rank == 0 and (done % config.train.log_every == 0 or done == config.train.steps):
+                row = {"step": done, "loss": loss_value, **info, "grad_norm": float(grad_norm),
                        "lr": optimizer.param_groups[0]["lr"], "data_s": t_data,
                        "step_s": time.perf_counter() - t0}
                 metrics.write(json.dumps(row) + "\n")
@@ -322,16 +379,18 @@ def train(config: Config, mode: str, data: str | Path, out: str | Path, progress
                 for k, v in row.items():
                     if k != "step":
                         writer.add_scalar(f"{mode}/{k}", v, done)
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-            if done % config.train.checkpoint_every == 0 or done == config.train.steps or interrupted:
+                bar.set_postfix(loss=f"{loss_value:.4f}")
+            if rank == 0 and (done % config.train.checkpoint_every == 0 or done == config.train.steps or stop):
                 save_checkpoint(run, done, models, optimizer)
-            if interrupted:
+            if stop:
                 raise KeyboardInterrupt
     finally:
         signal.signal(signal.SIGINT, previous_handler)
         bar.close()
-        metrics.close()
-        writer.close()
+        if rank == 0:
+            metrics.close()
+            writer.close()
+    distributed.barrier()  # when train returns, on any rank, the last checkpoint is on disk
     return run
 
 

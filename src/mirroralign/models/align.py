@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mirroralign import distributed
+
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, groups: torch.Tensor | None = None,
              temperature: float | torch.Tensor = 0.1) -> torch.Tensor:
@@ -14,15 +16,22 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, groups: torch.Tensor | None = Non
     a_i and b_j are positives when groups[i] == groups[j] (only i == j when `groups` is None, which is the
     CLIP loss). Each direction is, per row, minus the mean log-softmax over that row's positives, averaged
     over rows; the loss is the mean of the two directions.
+
+    Under torch.distributed the columns are the samples of all ranks (gathered with their gradient, as
+    open_clip's local loss does) and the rows this rank's own: the mean over ranks is the loss of the global
+    batch, and so is the mean of the ranks' gradients.
     """
-    logits = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / temperature
+    a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    all_a, all_b = distributed.gather_with_grad(a), distributed.gather_with_grad(b)
+    a_to_b = a @ all_b.T / temperature  # [B, world * B]
+    b_to_a = b @ all_a.T / temperature
     if groups is None:
-        target = torch.arange(len(a), device=a.device)
-        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-    positives = (groups[:, None] == groups[None, :]).to(logits.dtype)
-    a_to_b = -(positives * logits.log_softmax(dim=1)).sum(1) / positives.sum(1)
-    b_to_a = -(positives.T * logits.T.log_softmax(dim=1)).sum(1) / positives.T.sum(1)
-    return (a_to_b.mean() + b_to_a.mean()) / 2
+        target = torch.arange(len(a), device=a.device) + distributed.rank() * len(a)
+        return (F.cross_entropy(a_to_b, target) + F.cross_entropy(b_to_a, target)) / 2
+    positives = (groups[:, None] == distributed.gather(groups)[None, :]).to(a_to_b.dtype)  # symmetric relation
+    loss_a = -(positives * a_to_b.log_softmax(dim=1)).sum(1) / positives.sum(1)
+    loss_b = -(positives * b_to_a.log_softmax(dim=1)).sum(1) / positives.sum(1)
+    return (loss_a.mean() + loss_b.mean()) / 2
 
 
 POSITIVES = ("instruction", "episode", "task")

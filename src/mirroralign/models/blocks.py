@@ -18,11 +18,21 @@ def to_float_image(x: torch.Tensor) -> torch.Tensor:
     return x.float().div(255.0).sub(0.5)
 
 
-def random_shift(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
-    """DrQ's augmentation: pad by replication, crop back at a random offset per image. x: [N, 3, H, W]."""
+def random_shift(x: torch.Tensor, pad: int = 4, seeds: list[int] | None = None) -> torch.Tensor:
+    """DrQ's augmentation: pad by replication, crop back at a random offset per image. x: [N, 3, H, W].
+
+    `seeds`, one per sample (N a multiple of their number, a sample's images consecutive): each sample's
+    offsets come from its own seed, so they do not depend on which batch, or which rank, holds it. Without
+    seeds they come from torch's RNG."""
     n, _, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
-    dx, dy = torch.randint(0, 2 * pad + 1, (2, n)).tolist()
+    if seeds is None:
+        dx, dy = torch.randint(0, 2 * pad + 1, (2, n)).tolist()
+    else:
+        per_sample = n // len(seeds)
+        offsets = torch.cat([torch.randint(0, 2 * pad + 1, (per_sample, 2),
+                                           generator=torch.Generator().manual_seed(s)) for s in seeds])
+        dx, dy = offsets.T.tolist()
     return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
 
 

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mirroralign import distributed
 from mirroralign.config import ExecutionConfig
 from mirroralign.models.blocks import random_shift, resolve_tap, to_float_image, transformer_block
 from mirroralign.models.text import TEXT_DIM
@@ -49,7 +50,8 @@ class ExecutionPolicy(nn.Module):
         b, n_cam = images.shape[:2]
         x = to_float_image(images.flatten(0, 1))
         if self.training and self.config.augment:
-            x = random_shift(x)
+            seeds = batch.get("sample_seed")  # the trainer's per-sample seeds: the same shifts on any rank
+            x = random_shift(x, seeds=None if seeds is None else seeds.tolist())
         cams = (self.encoder(x).view(b, n_cam, -1, self.config.dim) + self.pos.unsqueeze(1)
                 + self.camera_embed.unsqueeze(0)).flatten(1, 2)
         instruction = self.instruction(self.text_embeddings[batch["text_index"]]).unsqueeze(1)
@@ -73,7 +75,9 @@ class ExecutionPolicy(nn.Module):
     def forward_with_representation(self, batch: dict) -> tuple[torch.Tensor, dict, torch.Tensor]:
         chunk, taps = self.features(batch)
         real = (~batch["action_is_pad"]).unsqueeze(-1).to(chunk.dtype)  # padded steps carry no loss
-        loss = (F.l1_loss(chunk, batch["actions"], reduction="none") * real).sum() / (real.sum() * self.action_dim)
+        # mean over the real steps of all ranks' samples (ranks may hold different numbers of them)
+        loss = distributed.share_of_global_mean((F.l1_loss(chunk, batch["actions"], reduction="none") * real).sum(),
+                                                real.sum() * self.action_dim)
         return loss, {"loss_ee": loss.item()}, taps[self.tap]
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
