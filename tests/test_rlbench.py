@@ -21,7 +21,7 @@ from rlbench_fixture import (CAMERAS, GRIPPER_OPEN, KEYFRAMES, Demo, description
                              make_observations, write_rlbench)
 
 from mirroralign.data.datasets import AgentSteps, PairedSamples
-from mirroralign.data.rlbench import discover_keyframes
+from mirroralign.data.rlbench import discover_keyframes, import_rlbench
 from mirroralign.data.rlbench_pickle import Observation, load_rlbench_pickle
 from mirroralign.data.store import EpisodeStore
 from mirroralign.envs.rlbench_spec import RLBenchUnavailable, canonical_pose
@@ -113,6 +113,17 @@ def test_a_truncated_pickle_is_damaged_data(tmp_path):
     path.write_bytes(dumps(_demo())[:-50])
     with pytest.raises(DataError, match="damaged"):
         load_rlbench_pickle(path, "demo")
+
+
+def test_an_observation_without_a_required_field_is_named(tmp_path):
+    write_rlbench(tmp_path / "src", "generator", {"open_drawer": [0]}, episodes=2)
+    observations = make_observations(1)
+    del observations[4].joint_velocities  # needed for keyframes; optional fields may be missing, this one not
+    folder = tmp_path / "src" / "open_drawer" / "variation0" / "episodes" / "episode1"
+    (folder / "low_dim_obs.pkl").write_bytes(dumps(Demo(observations)))
+    with pytest.raises(DataError, match=r"observation 4 of .*episode1/low_dim_obs.pkl lacks joint_velocities"):
+        import_rlbench(tmp_path / "src", tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.tmp-*"))
 
 
 # ---------------------------------------------------------------------------------------------------- import

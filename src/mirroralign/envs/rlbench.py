@@ -25,7 +25,7 @@ try:
     from rlbench.backend.exceptions import InvalidActionError
     from rlbench.backend.utils import task_file_to_task_class
     from rlbench.environment import Environment
-    from rlbench.observation_config import CameraConfig, ObservationConfig
+    from rlbench.observation_config import ObservationConfig
 except ImportError as err:
     raise RLBenchUnavailable(
         f"RLBench is not installed ({err}); the live RLBench adapter needs CoppeliaSim, PyRep and RLBench "
@@ -47,9 +47,9 @@ class RLBenchEnv(Env):
         self.task, self.render_cameras = task, tuple(render_cameras)
         obs_config = ObservationConfig()
         obs_config.set_all_high_dim(False)  # only the RGB images of the cameras asked for
-        for cam in self.render_cameras:
-            setattr(obs_config, f"{cam}_camera", CameraConfig(rgb=True, depth=False, point_cloud=False, mask=False,
-                                                              image_size=(image_size, image_size)))
+        for cam in self.render_cameras:  # attributes rather than CameraConfig(...): its arguments vary by version
+            config = getattr(obs_config, f"{cam}_camera")
+            config.rgb, config.image_size = True, (image_size, image_size)
         action_mode = MoveArmThenGripper(arm_action_mode=EndEffectorPoseViaPlanning(), gripper_action_mode=Discrete())
         self._env = Environment(action_mode, obs_config=obs_config, headless=True)
         self._env.launch()
