@@ -28,12 +28,13 @@ def machine() -> dict:
             "commit": _commit(Path(__file__).parent)}
 
 
-def write_results(name: str, results: dict, table: list[tuple[str, str, str]]) -> None:
+def write_results(name: str, results: dict, table: list[tuple[str, str, str]],
+                  header: tuple[str, str, str] = ("metric", "value", "note")) -> None:
     """`table`: (metric, value, note) rows for the Markdown file that README and BENCHMARKS.md quote."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     results = {**results, "machine": machine(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
-    lines = ["| metric | value | note |", "|---|---|---|", *[f"| {a} | {b} | {c} |" for a, b, c in table]]
+    lines = ["| " + " | ".join(header) + " |", "|---|---|---|", *[f"| {a} | {b} | {c} |" for a, b, c in table]]
     m = results["machine"]
     lines.append(f"\n_{m['cpus']} CPUs, {m['platform']}, MUJOCO_GL={m['mujoco_gl']}, commit {m['commit']}, "
                  f"{results['date']}_")
