@@ -116,11 +116,21 @@ def write_episode(root: Path, episode_id: str, arrays: dict[str, np.ndarray], me
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".tmp-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        group = zarr.open_group(tmp / ARRAYS, mode="w")
+        # encoded in memory, then written here in order: a failed write (disk full, read-only) raises at once,
+        # with no zarr task left writing into the folder that is about to be removed
+        encoded: dict = {}
+        group = zarr.open_group(zarr.storage.MemoryStore(encoded), mode="w")
         for name, arr in arrays.items():
             chunks = (min(CHUNK_FRAMES, max(1, arr.shape[0])), *arr.shape[1:])
             z = group.create_array(name, shape=arr.shape, chunks=chunks, dtype=arr.dtype, compressors=_codec(arr.dtype))
             z[...] = arr
+        for key in sorted(encoded):
+            path = tmp / ARRAYS / key
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                path.write_bytes(encoded[key].to_bytes())
+            except OSError as err:  # a failed write() names no file
+                raise OSError(err.errno, err.strerror, str(path)) from None
         files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         meta = {**meta, "id": episode_id, "files": files}
         write_json_atomic(tmp / META, meta)
