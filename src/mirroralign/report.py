@@ -21,7 +21,7 @@ from PIL import Image  # noqa: E402
 from safetensors.numpy import load_file  # noqa: E402
 
 from mirroralign.stats import mean_ci  # noqa: E402
-from mirroralign.data.store import EPISODES, load_episode_folder, read_json  # noqa: E402
+from mirroralign.data.store import EPISODES, load_episode_folder, read_json, require_writable  # noqa: E402
 from mirroralign.errors import UsageError  # noqa: E402
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
@@ -195,6 +195,7 @@ def report(inputs, out: str | Path) -> Path:
         raise UsageError(f"--out is a directory: {out}")
     if not out.parent.is_dir():
         raise UsageError(f"--out's folder does not exist: {out.parent}")
+    require_writable(out)
     evals, analyses = load_inputs(inputs)
     body = (recognition_section(evals) + success_section(evals) + analysis_section(analyses)
             + training_section(evals, analyses))

@@ -38,6 +38,7 @@ from mirroralign.data.store import (
     EpisodeStore,
     json_bytes,
     read_json,
+    require_writable,
     write_bytes_atomic,
     write_json_atomic,
 )
@@ -263,6 +264,7 @@ def prepare_run(run: Path, config: Config, mode: str, data: Path) -> dict:
     identity = {"mode": mode, "data": str(Path(data).resolve()), "config": asdict(config)}
     if run.exists() and not run.is_dir():
         raise UsageError(f"run path is a file, not a directory: {run}")
+    require_writable(run)
     if (run / "run.json").is_file():
         stored = read_json(run / "run.json", "run record")
         if stored.get("identity") != identity:

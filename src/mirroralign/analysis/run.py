@@ -15,7 +15,7 @@ from mirroralign.analysis.metrics import all_metrics, mutual_knn
 from mirroralign.analysis.probe import probe_scores, recall_at_1, shared_space
 from mirroralign.stats import mann_whitney
 from mirroralign.data.datasets import ObserverClips, to_chw, uniform_indices
-from mirroralign.data.store import EPISODES, EpisodeStore, load_episode_folder, write_json_atomic
+from mirroralign.data.store import EPISODES, EpisodeStore, load_episode_folder, require_writable, write_json_atomic
 from mirroralign.errors import DataError, UsageError
 from mirroralign.train import CHECKPOINTS, LoadedRun, load_run
 
@@ -89,6 +89,7 @@ def analyze(run_dirs: list[str | Path], data: str | Path, out: str | Path, rollo
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"output path is a file: {out}")
+    require_writable(out)
     frames = runs[0].config.model.understanding.frames
     train_eps, train_groups = split_episodes(store, "train")
     test_eps, test_labels = split_episodes(store, "test")

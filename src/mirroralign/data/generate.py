@@ -10,7 +10,6 @@ number of workers or interruptions, so a resumed run ends with the same content 
 from __future__ import annotations
 
 import ctypes
-import os
 import shutil
 import signal
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -24,7 +23,7 @@ from tqdm import tqdm
 from mirroralign.config import Config
 from mirroralign.data.store import (ATTEMPTS, CONFIG, EPISODES, FORMAT, MANIFEST, META, SPLITS, VERSION,
                                     episode_path, read_json, sha256_file, write_episode, write_json_atomic,
-                                    write_manifest)
+                                    require_writable, write_manifest)
 from mirroralign.envs import make_env, simulator_cameras
 from mirroralign.envs.base import Variation
 from mirroralign.errors import DataError, UsageError
@@ -161,12 +160,7 @@ def prepare_output(root: Path, identity: dict) -> None:
         if stored.get("identity") != identity:
             raise UsageError(f"{root} holds a dataset made with a different config; use another --out")
         return
-    parent = root.parent if not root.exists() else root
-    probe = parent
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(f"output path is not writable: {root}")
+    require_writable(root)
     root.mkdir(parents=True, exist_ok=True)
     write_json_atomic(root / CONFIG, {"format": FORMAT, "version": VERSION, "identity": identity})
 

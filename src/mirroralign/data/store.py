@@ -30,7 +30,7 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
 from mirroralign.envs.base import Variation
-from mirroralign.errors import DataError
+from mirroralign.errors import DataError, UsageError
 
 FORMAT = "mirroralign-dataset"
 VERSION = 1
@@ -68,6 +68,16 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         raise OSError(err.errno, err.strerror, str(path)) from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def require_writable(path: Path) -> None:
+    """An output path must be creatable or writable, checked before any work: a read-only or foreign place is a
+    usage error at once, not an I/O error after minutes of work."""
+    probe = Path(path)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"output path is not writable: {path}")
 
 
 def json_bytes(obj) -> bytes:

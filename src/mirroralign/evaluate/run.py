@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from mirroralign.stats import mean_ci
-from mirroralign.data.store import EpisodeStore, write_episode, write_json_atomic
+from mirroralign.data.store import EpisodeStore, require_writable, write_episode, write_json_atomic
 from mirroralign.envs import check_simulator, simulator_cameras
 from mirroralign.errors import DataError, UsageError
 from mirroralign.evaluate.recognition import recognition_scores, test_clips
@@ -59,6 +59,7 @@ def evaluate(run: str | Path, data: str | Path, out: str | Path, view: str | Non
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(p.name not in OUTPUTS for p in out.iterdir())):
         raise UsageError(f"output exists and is not an evaluation directory: {out}")
+    require_writable(out)
     config = loaded.config
     if workers is not None:
         config.eval.workers = workers
