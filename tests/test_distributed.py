@@ -70,3 +70,100 @@ def test_two_ranks_give_the_loss_and_gradients_of_one_process_holding_both_halve
         for k in single:
             if k.startswith("grad."):
                 torch.testing.assert_close(rank[k], single[k], atol=1e-5, rtol=0, msg=k)
+
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "mirroralign"]
+MIRROR_40 = ["train", "--mode", "mirror", "--preset", "tiny", "train.steps=40", "train.checkpoint_every=10"]
+
+
+def _start_and_kill_after_first_checkpoint(command: list, out: Path) -> int:
+    proc = subprocess.Popen([*map(str, command), "--out", str(out)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not (out / "checkpoints" / "step_0000010.json").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and its workers alike
+    proc.wait()
+    return json.loads((out / "checkpoints" / "latest.json").read_text())["step"]
+
+
+def _final(run: Path) -> tuple[int, dict, list]:
+    latest = json.loads((run / "checkpoints" / "latest.json").read_text())
+    weights = {k: v for k, v in load_file(str(run / "checkpoints" / latest["file"])).items() if k.startswith("model.")}
+    return latest["step"], weights, [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_checkpoint_written_under_ddp_resumes_in_one_process_and_back(tiny_dataset, tmp_path):
+    r = run_cli(*MIRROR_40, "--data", tiny_dataset, "--out", tmp_path / "straight")
+    assert r.returncode == 0, r.stderr
+
+    # 2 ranks, killed, resumed by one process
+    step = _start_and_kill_after_first_checkpoint([*TORCHRUN, *MIRROR_40, "--data", tiny_dataset], tmp_path / "ddp")
+    assert 10 <= step < 40
+    r = run_cli(*MIRROR_40, "--data", tiny_dataset, "--out", tmp_path / "ddp")
+    assert r.returncode == 0, r.stderr
+
+    # one process, killed, resumed by 2 ranks
+    step = _start_and_kill_after_first_checkpoint([sys.executable, "-m", "mirroralign", *MIRROR_40, "--data",
+                                                   tiny_dataset], tmp_path / "single")
+    assert 10 <= step < 40
+    r = subprocess.run([*TORCHRUN, *map(str, MIRROR_40), "--data", str(tiny_dataset), "--out",
+                        str(tmp_path / "single")], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("run: ") == 1  # rank 0 speaks for the job
+
+    s0, w0, rows0 = _final(tmp_path / "straight")
+    for run in ("ddp", "single"):
+        s, w, rows = _final(tmp_path / run)
+        assert s == s0 == 40
+        # the same training as without interruption: ranks only change the order of floating-point sums
+        assert [r["step"] for r in rows] == [r["step"] for r in rows0] == list(range(5, 41, 5))
+        for a, b in zip(rows, rows0):
+            for k in ("loss", "loss_au", "loss_ee", "loss_align"):
+                assert abs(a[k] - b[k]) < 1e-4, (run, a["step"], k, a[k], b[k])
+        for k in w0:
+            torch.testing.assert_close(w[k], w0[k], atol=1e-3, rtol=0, msg=f"{run}: {k}")
+
+
+def test_a_batch_that_does_not_split_evenly_is_refused_before_anything_is_written(tiny_dataset, tmp_path):
+    r = subprocess.run([*TORCHRUN, "train", "--mode", "execute", "--preset", "tiny", "train.batch_size=9", "--data",
+                        str(tiny_dataset), "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0
+    assert "train.batch_size (9) must be a multiple of the number of processes (2)" in r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def _rank_pid(torchrun_pid: int, rank: int) -> int:
+    for pid in Path(f"/proc/{torchrun_pid}/task/{torchrun_pid}/children").read_text().split():
+        if f"RANK={rank}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+            return int(pid)
+    raise AssertionError(f"no worker of rank {rank}")
+
+
+@pytest.mark.parametrize("fault", ["dies", "hangs"])
+def test_a_rank_that_dies_or_hangs_brings_the_job_down(tiny_dataset, tmp_path, fault):
+    """Rank 1 is killed (torchrun notices and stops rank 0) or stopped (rank 0's next collective times out, then
+    torchrun stops rank 1): either way the job ends, non-zero, and says which rank failed and why."""
+    out = tmp_path / "run"
+    with open(tmp_path / "stderr.txt", "w") as stderr:
+        proc = subprocess.Popen([*TORCHRUN, "train", "--mode", "execute", "--preset", "tiny", "train.steps=1000000",
+                                 "--data", str(tiny_dataset), "--out", str(out)], stdout=subprocess.DEVNULL,
+                                stderr=stderr, env={**os.environ, distributed.TIMEOUT_ENV: "5"}, start_new_session=True)
+        try:
+            deadline = time.time() + 300
+            while not ((out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").stat().st_size) \
+                    and time.time() < deadline:
+                time.sleep(0.1)
+            os.kill(_rank_pid(proc.pid, 1), signal.SIGKILL if fault == "dies" else signal.SIGSTOP)
+            proc.wait(timeout=120)  # torchrun waits 30 s for a stopped worker to end before it kills it
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    report = (tmp_path / "stderr.txt").read_text()
+    root_cause = report[report.index("Root Cause"):]
+    assert proc.returncode != 0
+    if fault == "dies":
+        assert "rank      : 1" in root_cause and "Signal 9 (SIGKILL)" in root_cause
+    else:
+        assert "rank      : 0" in root_cause and "Timed out" in root_cause
+        assert "another rank died or hangs" in root_cause

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -101,7 +102,8 @@ def cmd_train(args) -> int:
         run = train(config, args.mode, args.data, args.out)
     except NumericalError as err:
         raise DataError(str(err)) from None
-    print(f"run: {run}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, once
+        print(f"run: {run}")
     return 0
 
 

@@ -289,6 +289,11 @@ def train(config: Config, mode: str, data: str | Path, out: str | Path, progress
     distributed.init_from_torchrun(pick_device(config))
     try:
         return _train(config, mode, data, out, progress)
+    except Exception as err:  # torchrun's failure summary shows this with the error
+        err.add_note(f"rank {distributed.rank()} of {distributed.world_size()}; a collective that times out means "
+                     f"another rank died or hangs ({distributed.TIMEOUT_ENV}: "
+                     f"{distributed.timeout().total_seconds():g} s)")
+        raise
     finally:
         torch.distributed.destroy_process_group()
 
