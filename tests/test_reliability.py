@@ -302,6 +302,18 @@ def test_bad_input_to_every_command_exits_2_in_one_line_and_changes_nothing(tiny
     assert not (tmp_path / "scratch" / "ran").exists()
 
 
+@pytest.mark.skipif(not read_only_mounts_work(), reason="no unprivileged user and mount namespaces here")
+def test_a_read_only_output_place_is_a_usage_error_before_any_work(tiny_dataset, mirror_run, tmp_path):
+    place = tmp_path / "ro"
+    place.mkdir()
+    for argv in (["train", "--mode", "execute", "--data", tiny_dataset, "--preset", "tiny", "--out", place / "run"],
+                 ["evaluate", "--run", mirror_run, "--data", tiny_dataset, "--out", place / "eval"]):
+        r = run_limited(with_read_only(place, cli(*argv)))
+        assert r.returncode == 2 and r.stderr.strip() == f"mirroralign: error: output path is not writable: " \
+                                                         f"{argv[argv.index('--out') + 1]}", r.stderr
+    assert not any(place.iterdir())
+
+
 def test_bad_invocations_are_distinct_and_enough(tmp_path):
     cases = bad_invocations(Path("/d"), Path("/r"), tmp_path)
     assert len(cases) >= 20 and len({tuple(map(str, v)) for v in cases.values()}) == len(cases)
