@@ -19,6 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from mirroralign import distributed
 from mirroralign.config import load_config
 from mirroralign.data.store import EpisodeStore
+from mirroralign.errors import UsageError
 from mirroralign.train import Objective, build_models, make_dataset, sample_batch
 
 GLOBAL_BATCH = 8
@@ -28,6 +29,34 @@ STEP = 3  # any step: its batch is drawn from (seed, step)
 def test_backend_is_nccl_on_gpus_and_gloo_on_cpus():
     assert distributed.backend_for("cuda") == "nccl"
     assert distributed.backend_for("cpu") == "gloo"
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "soon"])
+def test_a_bad_collective_timeout_is_a_usage_error(monkeypatch, value):
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, value)
+    with pytest.raises(UsageError, match=distributed.TIMEOUT_ENV):
+        distributed.timeout()
+
+
+def _agreement_worker(rank: int, world_size: int, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{out}/store", rank=rank, world_size=world_size)
+    try:
+        distributed.check_same_on_all_ranks(40, "checkpoint steps", "share --out", torch.device("cpu"))
+        try:
+            distributed.check_same_on_all_ranks(10 * rank, "checkpoint steps", "share --out", torch.device("cpu"))
+            message = None
+        except UsageError as err:
+            message = str(err)
+        Path(f"{out}/rank{rank}.json").write_text(json.dumps(message))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_that_resume_from_different_steps_all_stop_with_the_same_message(tmp_path):
+    """E.g. --out on a disk that only some machines see: every rank refuses, none trains out of step."""
+    torch.multiprocessing.spawn(_agreement_worker, args=(2, str(tmp_path)), nprocs=2)
+    messages = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert messages[0] == messages[1] == "the ranks see different checkpoint steps ([0, 10], in rank order): share --out"
 
 
 def _mirror_loss_and_grads(data, rank: int, world_size: int) -> dict[str, torch.Tensor]:

@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as functional_collectives
 
+from mirroralign.errors import UsageError
+
 # A rank that dies is noticed by torchrun, which stops the others; a rank that hangs is noticed by the others
 # when a collective waits longer than this. Checkpoints and start-up happen between collectives, so be generous.
 TIMEOUT_ENV = "MIRRORALIGN_DIST_TIMEOUT_S"
@@ -50,8 +52,6 @@ def timeout() -> timedelta:
     except ValueError:
         seconds = -1.0
     if not seconds > 0:
-        from mirroralign.errors import UsageError
-
         raise UsageError(f"{TIMEOUT_ENV} must be a positive number of seconds, got {value!r}")
     return timedelta(seconds=seconds)
 
@@ -107,3 +107,12 @@ def mean_over_ranks(values: list[float], device: torch.device) -> list[float]:
 def barrier() -> None:
     if active():
         dist.barrier()
+
+
+def check_same_on_all_ranks(value: int, what: str, hint: str, device: torch.device) -> None:
+    """Raise the same UsageError on every rank when the ranks see different values of `what`."""
+    if not active():
+        return
+    values = gather(torch.tensor([value], device=device)).tolist()
+    if len(set(values)) > 1:
+        raise UsageError(f"the ranks see different {what} ({values}, in rank order): {hint}")

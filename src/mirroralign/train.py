@@ -276,9 +276,12 @@ def prepare_run(run: Path, config: Config, mode: str, data: Path) -> dict:
 
 
 def pick_device(config: Config) -> torch.device:
-    if config.train.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(config.train.device)
+    name = config.train.device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())  # under torchrun: this rank's, once selected
+    return torch.device(name)
 
 
 def train(config: Config, mode: str, data: str | Path, out: str | Path, progress: bool = True) -> Path:
@@ -314,7 +317,7 @@ def _train(config: Config, mode: str, data: str | Path, out: str | Path, progres
     except ValueError as err:
         raise UsageError(str(err)) from None
 
-    device = pick_device(config)  # under DDP on GPUs: this rank's, which init_from_torchrun made current
+    device = pick_device(config)
     rank, world_size = distributed.rank(), distributed.world_size()
     if config.train.batch_size % world_size:
         raise UsageError(f"train.batch_size ({config.train.batch_size}) must be a multiple of the number of "
@@ -335,6 +338,8 @@ def _train(config: Config, mode: str, data: str | Path, out: str | Path, progres
         write_json_atomic(run / "run.json", {**record, "parameters": {
             k: sum(p.numel() for p in m.parameters()) for k, m in models.items()}})
     start = restore(run, models, optimizer) if (run / CHECKPOINTS / "latest.json").is_file() else 0
+    distributed.check_same_on_all_ranks(start, "checkpoint steps", "--out must be one directory that every rank "
+                                        "sees (on several machines, a shared file system)", device)
     if rank == 0:
         _truncate_metrics(run / "metrics.jsonl", start)
     if start >= config.train.steps:
