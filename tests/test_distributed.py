@@ -196,3 +196,24 @@ def test_a_rank_that_dies_or_hangs_brings_the_job_down(tiny_dataset, tmp_path, f
     else:
         assert "rank      : 0" in root_cause and "Timed out" in root_cause
         assert "another rank died or hangs" in root_cause
+
+
+def test_ctrl_c_stops_every_rank_after_the_same_step_and_rank_0_checkpoints_it(tiny_dataset, tmp_path):
+    out = tmp_path / "run"
+    with open(tmp_path / "output.txt", "w") as output:
+        proc = subprocess.Popen([*TORCHRUN, "train", "--mode", "execute", "--preset", "tiny", "train.steps=1000000",
+                                 "train.checkpoint_every=1000000", "--data", str(tiny_dataset), "--out", str(out)],
+                                stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.time() + 300
+            while not ((out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").stat().st_size) \
+                    and time.time() < deadline:
+                time.sleep(0.1)
+            os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: torchrun and both ranks get it
+            proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert (tmp_path / "output.txt").read_text().count("mirroralign: interrupted") == 2
+    latest = json.loads((out / "checkpoints" / "latest.json").read_text())
+    assert 5 <= latest["step"] < 1000000
