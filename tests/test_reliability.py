@@ -202,6 +202,11 @@ def _weights(run: Path) -> dict:
     return {k: v for k, v in load_file(str(run / "checkpoints" / latest["file"])).items() if k != "rng.torch"}
 
 
+def _ctrl_c_enabled() -> None:
+    # a test runner started in the background (no job control) ignores SIGINT, and its children inherit that
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _error_line(r) -> str:
     assert "Traceback" not in r.stderr, r.stderr
     return r.stderr.strip().splitlines()[-1]
@@ -213,7 +218,8 @@ def test_train_ctrl_c_then_full_then_read_only_disk_then_resume_equals_uninterru
     args = ["train", "--mode", "mirror", "--data", tiny_dataset, "--preset", "tiny", "train.steps=20",
             "eval.max_steps=40", "--out", tmp_path / "run"]
     run = tmp_path / "run"
-    proc = subprocess.Popen(cli(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cli(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_ctrl_c_enabled)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not (
             (run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").read_text().strip()):
@@ -256,7 +262,7 @@ def test_generate_ctrl_c_then_full_then_read_only_disk_then_resume_equals_uninte
     args = ["generate", "--preset", "tiny", "--workers", 1, "--out", out]
 
     proc = subprocess.Popen(cli(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_ctrl_c_enabled)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not (out / "episodes" / todo[0] / "meta.json").exists():
         time.sleep(0.02)
