@@ -217,3 +217,39 @@ def test_ctrl_c_stops_every_rank_after_the_same_step_and_rank_0_checkpoints_it(t
     assert (tmp_path / "output.txt").read_text().count("mirroralign: interrupted") == 2
     latest = json.loads((out / "checkpoints" / "latest.json").read_text())
     assert 5 <= latest["step"] < 1000000
+
+
+def _nan_input_worker(rank: int, world_size: int, data: str, out: str, port: int) -> None:
+    import mirroralign.data.datasets as datasets
+    from mirroralign.train import NumericalError, train
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), **{distributed.TIMEOUT_ENV: "60"})
+    if rank == 1:  # fault injection: only rank 1's samples carry NaN
+        real = datasets._Episodes._load
+
+        def load_with_nan(self, eid):
+            ep = dict(real(self, eid))
+            ep["proprio"] = ep["proprio"] * float("nan")
+            return ep
+
+        datasets._Episodes._load = load_with_nan
+    try:
+        train(load_config("tiny", overrides=["train.steps=4"]), "execute", data, f"{out}/run", progress=False)
+        message = None
+    except NumericalError as err:
+        message = str(err)
+    Path(f"{out}/rank{rank}.json").write_text(json.dumps(message))
+
+
+def test_nan_input_on_one_rank_stops_every_rank_at_the_same_step(tiny_dataset, tmp_path):
+    """The rank that sees the NaN must not stop alone while the others wait in a collective."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_nan_input_worker, args=(2, tiny_dataset, str(tmp_path), port), nprocs=2)
+    messages = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert "'proprio' at step 0" in messages[1]
+    assert "of another rank than 0 at step 0" in messages[0]

@@ -160,11 +160,10 @@ def sample_batch(dataset, config: Config, step: int, device: torch.device, rank:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def check_finite_inputs(batch: dict, step: int, run: Path | None = None) -> None:
-    for key in ("proprio", "actions"):
-        if key in batch and not torch.isfinite(batch[key]).all():
-            last = last_checkpoint(run) if run is not None else "none"
-            raise NumericalError(f"non-finite values in input {key!r} at step {step}; last good checkpoint: {last}")
+def nonfinite_input(batch: dict) -> str | None:
+    """The first input holding NaN or inf, if any."""
+    return next((key for key in ("proprio", "actions") if key in batch and not torch.isfinite(batch[key]).all()),
+                None)
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
@@ -364,15 +363,19 @@ def _train(config: Config, mode: str, data: str | Path, out: str | Path, progres
             t0 = time.perf_counter()
             torch.manual_seed(step_seed(config.train.seed, step) + 1)  # whatever else draws from torch's RNG
             batch = sample_batch(dataset, config, step, device, rank, world_size)
-            check_finite_inputs(batch, step, run)
+            bad_input = nonfinite_input(batch)  # reported after the collective below, so no rank is left waiting
             t_data = time.perf_counter() - t0
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * lr_factor(step, config)
             loss, info = objective(batch)
             # every rank sees the same numbers, the global batch's (means over ranks), and so stops together
-            loss_value, *info_values, stop = distributed.mean_over_ranks(
-                [loss.item(), *info.values(), float(bool(interrupted))], device)
+            loss_value, *info_values, stop, any_bad_input = distributed.mean_over_ranks(
+                [loss.item(), *info.values(), float(bool(interrupted)), float(bad_input is not None)], device)
             info = dict(zip(info, info_values))
+            if any_bad_input:
+                where = repr(bad_input) if bad_input else f"of another rank than {rank}"
+                raise NumericalError(f"non-finite values in input {where} at step {step}; "
+                                     f"last good checkpoint: {last_checkpoint(run)}")
             if not math.isfinite(loss_value):
                 last = last_checkpoint(run)
                 raise NumericalError(f"non-finite loss ({loss_value}) at step {step}; "
