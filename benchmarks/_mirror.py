@@ -137,10 +137,14 @@ def compare(baseline: list[dict], treatment: list[dict]) -> dict:
 def pct(entry: dict) -> str:
     if entry["mean"] is None:
         return "n/a"
+    if entry["n"] < 2:
+        return f"{100 * entry['mean']:.1f} (1 seed, no CI)"
     return f"{100 * entry['mean']:.1f} [{100 * entry['low']:.1f}, {100 * entry['high']:.1f}]"
 
 
 def signed_pct(entry: dict) -> str:
     if entry["mean"] is None:
         return "n/a"
+    if entry["n"] < 2:
+        return f"{100 * entry['mean']:+.1f} (1 seed, no CI)"
     return f"{100 * entry['mean']:+.1f} [{100 * entry['low']:+.1f}, {100 * entry['high']:+.1f}]"

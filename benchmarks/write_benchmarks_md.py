@@ -180,7 +180,8 @@ def headline(result: dict | None) -> str:
         return "_The mirror benchmark has not been run yet._"
     c = result["comparison"]
     seeds = f"{len(result['seeds'])} seed{'s' * (len(result['seeds']) > 1)}"
-    return (f"Headline ({'partial, ' if not result['complete'] else ''}{seeds}, `standard` preset, 2 CPU cores): "
+    return (f"Headline ({'partial, ' if not result['complete'] else ''}{seeds}, `{result['preset']}` preset, "
+            f"{result['machine']['cpus']} CPU cores): "
             f"recognition {pct(c['recognition']['baseline'])} -> {pct(c['recognition']['treatment'])} % "
             f"(difference {signed_pct(c['recognition']['difference'])}), from the first half of each clip "
             f"{pct(c['recognition_early']['baseline'])} -> {pct(c['recognition_early']['treatment'])} % "

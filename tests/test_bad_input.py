@@ -77,3 +77,26 @@ def test_unknown_command_and_missing_arguments():
     for args in (["fly"], ["generate"], []):
         r = run_cli(*args)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_an_existing_output_file_is_writable_but_a_file_as_a_folder_is_not(tmp_path):
+    from mirroralign.data.store import require_writable
+    from mirroralign.errors import UsageError
+
+    report = tmp_path / "report.html"
+    report.write_text("the last report")
+    require_writable(report)  # replaced by an atomic rename, as `report` and a second `demo` do
+    require_writable(tmp_path / "new" / "deeper")
+    with pytest.raises(UsageError, match="not writable"):
+        require_writable(report / "inside")
+
+
+def test_train_on_cuda_without_cuda_is_a_usage_error(tiny_dataset, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    r = run_cli("train", "--mode", "execute", "--data", tiny_dataset, "--preset", "tiny", "train.device=cuda",
+                "--out", tmp_path / "run")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "CUDA" in r.stderr, r.stderr
+    assert not (tmp_path / "run").exists()

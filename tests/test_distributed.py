@@ -177,7 +177,7 @@ def test_a_rank_that_dies_or_hangs_brings_the_job_down(tiny_dataset, tmp_path, f
     with open(tmp_path / "stderr.txt", "w") as stderr:
         proc = subprocess.Popen([*TORCHRUN, "train", "--mode", "execute", "--preset", "tiny", "train.steps=1000000",
                                  "--data", str(tiny_dataset), "--out", str(out)], stdout=subprocess.DEVNULL,
-                                stderr=stderr, env={**os.environ, distributed.TIMEOUT_ENV: "5"}, start_new_session=True)
+                                stderr=stderr, env={**os.environ, distributed.TIMEOUT_ENV: "20"}, start_new_session=True)
         try:
             deadline = time.time() + 300
             while not ((out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").stat().st_size) \

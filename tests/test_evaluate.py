@@ -91,3 +91,12 @@ def test_evaluate_rejects_a_run_without_checkpoint(tiny_dataset, tmp_path):
     (tmp_path / "run").mkdir()
     r = run_cli("evaluate", "--run", tmp_path / "run", "--data", tiny_dataset, "--out", tmp_path / "eval")
     assert r.returncode == 2 and not (tmp_path / "eval").exists()
+
+
+def test_no_rollouts_on_an_execute_run_is_a_usage_error(tiny_dataset, tmp_path):
+    run = tmp_path / "execute"
+    assert run_cli("train", "--mode", "execute", "--data", tiny_dataset, "--preset", "tiny", "train.steps=2",
+                   "--out", run).returncode == 0
+    r = run_cli("evaluate", "--run", run, "--data", tiny_dataset, "--out", tmp_path / "eval", "--no-rollouts")
+    assert r.returncode == 2 and "nothing to evaluate" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "eval").exists()

@@ -88,7 +88,8 @@ def cmd_verify(args) -> int:
     n = len(store.episodes)
     if damaged:
         episodes = len([e for e in damaged if e != DATASET_FILES])
-        print(f"verify: {episodes} of {n} episodes damaged in {root}", file=sys.stderr)
+        files = " and dataset files" if DATASET_FILES in damaged else ""
+        print(f"verify: {episodes} of {n} episodes{files} damaged in {root}", file=sys.stderr)
         return 1
     print(f"verify: all {n} episodes match their checksums ({root})")
     return 0

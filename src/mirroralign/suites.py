@@ -8,6 +8,7 @@ the same object, and goal tasks split into discrete goal regions that only the i
 from __future__ import annotations
 
 from mirroralign.envs.base import Variation
+from mirroralign.envs.rlbench_spec import RLBENCH18
 from mirroralign.errors import UsageError
 
 
@@ -101,18 +102,6 @@ def _benchmark_suite(name: str) -> tuple[Variation, ...]:
 
 SUITE_NAMES = ("mirror10", "mt10", "mt50")
 
-# The 18 RLBench tasks of PerAct (Shridhar et al., CoRL 2022) and RVT, with their numbers of variations
-# (249 in all, as PerAct reports; each checked against the task's `variation_count()` in RLBench and, for
-# slide_block_to_color_target, sweep_to_dustpan_of_size and place_wine_at_rack_location, PerAct's fork).
-# Their instructions come with the demonstrations (each variation's `variation_descriptions.pkl`), so this
-# suite validates `import-rlbench` rather than driving `generate`.
-RLBENCH18: dict[str, int] = {
-    "open_drawer": 3, "slide_block_to_color_target": 4, "sweep_to_dustpan_of_size": 2, "meat_off_grill": 2,
-    "turn_tap": 2, "put_item_in_drawer": 3, "close_jar": 20, "reach_and_drag": 20, "stack_blocks": 60,
-    "light_bulb_in": 20, "put_money_in_safe": 3, "place_wine_at_rack_location": 3, "put_groceries_in_cupboard": 9,
-    "place_shape_in_shape_sorter": 5, "push_buttons": 50, "insert_onto_square_peg": 20, "stack_cups": 20,
-    "place_cups": 3,
-}
 RLBENCH_SUITES = {"rlbench18": RLBENCH18}
 
 

@@ -278,7 +278,9 @@ def pick_device(config: Config) -> torch.device:
     name = config.train.device
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and torch.cuda.is_available():
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("train.device=cuda, but this machine (or this torch build) has no CUDA device")
+    if name == "cuda":
         return torch.device("cuda", torch.cuda.current_device())  # under torchrun: this rank's, once selected
     return torch.device(name)
 
@@ -361,8 +363,8 @@ def _train(config: Config, mode: str, data: str | Path, out: str | Path, progres
     try:
         for step in bar:
             t0 = time.perf_counter()
+            batch = sample_batch(dataset, config, step, device, rank, world_size)  # reseeds torch's RNG per sample
             torch.manual_seed(step_seed(config.train.seed, step) + 1)  # whatever else draws from torch's RNG
-            batch = sample_batch(dataset, config, step, device, rank, world_size)
             bad_input = nonfinite_input(batch)  # reported after the collective below, so no rank is left waiting
             t_data = time.perf_counter() - t0
             for group in optimizer.param_groups:
@@ -398,6 +400,7 @@ def _train(config: Config, mode: str, data: str | Path, out: str | Path, progres
             if rank == 0 and (done % config.train.checkpoint_every == 0 or done == config.train.steps or stop):
                 save_checkpoint(run, done, models, optimizer)
             if stop:
+                distributed.barrier()  # no rank exits (and makes torchrun stop the others) before rank 0 has saved
                 raise KeyboardInterrupt
     finally:
         signal.signal(signal.SIGINT, previous_handler)

@@ -34,8 +34,8 @@ from tqdm import tqdm
 
 from mirroralign.data.generate import split_counts
 from mirroralign.data.rlbench_pickle import Demo, load_rlbench_pickle
-from mirroralign.data.store import (CONFIG, FORMAT, META, SPLITS, VERSION, episode_path, sha256_file, write_episode,
-                                    write_json_atomic, write_manifest)
+from mirroralign.data.store import (CONFIG, FORMAT, META, SPLITS, VERSION, episode_path, require_writable, sha256_file,
+                                    write_episode, write_json_atomic, write_manifest)
 from mirroralign.envs.base import Variation
 from mirroralign.envs.rlbench_spec import (ACTION_FIELDS, AGENT_CAMERAS, CAMERAS, OBSERVER_CAMERA, PROPRIO_FIELDS,
                                            REQUIRED_FIELDS, pose_action, proprio_vector)
@@ -224,11 +224,7 @@ def _check_output(out: Path) -> None:
         raise UsageError(f"output path is a file, not a directory: {out}")
     if out.is_dir() and any(out.iterdir()):
         raise UsageError(f"output directory is not empty: {out}; use another --out")
-    probe = out.parent
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(f"output path is not writable: {out}")
+    require_writable(out.parent)  # the import is written beside OUT and renamed into place
 
 
 def collect_sources(src: Path, tasks: list[str] | None) -> list[SourceEpisode]:

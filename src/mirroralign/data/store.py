@@ -18,6 +18,7 @@ known codecs): zarr v2 metadata can name numcodecs' pickle codec, and nothing re
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -67,13 +68,17 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     except OSError as err:  # a failed write() names no file; say which one
         raise OSError(err.errno, err.strerror, str(path)) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        # never let the clean-up mask the real error (on a read-only mount even unlink fails with EROFS)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def require_writable(path: Path) -> None:
     """An output path must be creatable or writable, checked before any work: a read-only or foreign place is a
     usage error at once, not an I/O error after minutes of work."""
     probe = Path(path)
+    if probe.is_file():  # replaced by an atomic rename: its folder must take a new file
+        probe = probe.parent
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):

@@ -13,9 +13,8 @@ import random
 import numpy as np
 
 from mirroralign.envs.base import Env, Observation, Variation
-from mirroralign.envs.rlbench_spec import CAMERAS, RLBenchUnavailable, proprio_vector
+from mirroralign.envs.rlbench_spec import CAMERAS, RLBENCH18, RLBenchUnavailable, proprio_vector
 from mirroralign.errors import UsageError
-from mirroralign.suites import RLBENCH18
 
 try:
     from pyrep.errors import ConfigurationPathError, IKError

@@ -60,6 +60,8 @@ def evaluate(run: str | Path, data: str | Path, out: str | Path, view: str | Non
     if out.exists() and (not out.is_dir() or any(p.name not in OUTPUTS for p in out.iterdir())):
         raise UsageError(f"output exists and is not an evaluation directory: {out}")
     require_writable(out)
+    if not rollouts and "understanding" not in loaded.models:
+        raise UsageError(f"--no-rollouts leaves nothing to evaluate: {loaded.mode} runs have no recognition model")
     config = loaded.config
     if workers is not None:
         config.eval.workers = workers
