@@ -56,7 +56,10 @@ def test_evaluate_mirror_run_from_an_unseen_view(mirror_run, tiny_dataset, tmp_p
 def test_rollouts_survive_a_worker_crash_or_hang(mirror_run, fault):
     loaded = load_run(mirror_run)
     config = loaded.config
-    config.eval.max_steps, config.eval.workers, config.eval.worker_timeout_s = 40, 2, 5.0
+    # a crash is seen at once (the process sentinel); a hang only by the timeout, kept short but not so short
+    # that a loaded machine's slow step counts as one
+    config.eval.max_steps, config.eval.workers = 40, 2
+    config.eval.worker_timeout_s = 20.0 if fault == signal.SIGSTOP else 120.0
     result = {}
 
     def go():
@@ -67,7 +70,8 @@ def test_rollouts_survive_a_worker_crash_or_hang(mirror_run, fault):
     deadline = time.time() + 120
     while len(multiprocessing.active_children()) < 2 and time.time() < deadline:
         time.sleep(0.05)
-    time.sleep(3)  # let the workers get into their episodes
+    time.sleep(10)  # let the workers get into their episodes (a worker stopped before its first reply is only
+    # declared hung after STARTUP_TIMEOUT_S)
     os.kill(multiprocessing.active_children()[0].pid, fault)  # SIGSTOP: alive but silent, i.e. hung
     thread.join(timeout=600)
     assert not thread.is_alive()

@@ -25,6 +25,10 @@ from mirroralign.data.generate import die_with_parent, scene_seed
 from mirroralign.envs import make_env
 from mirroralign.envs.base import Variation
 
+# A fresh worker imports torch and MuJoCo and builds its first environment before it can answer: on a loaded
+# machine that alone can outlast `eval.worker_timeout_s`, which is meant for silence in mid-episode.
+STARTUP_TIMEOUT_S = 120.0
+
 
 def _pack(obs, agent: list[str], observer: list[str]) -> dict:
     return {"agent": np.stack([obs.images[c] for c in agent]), "observer": [obs.images[c] for c in observer],
@@ -85,6 +89,11 @@ class _Slot:
         child.close()
         self.episode: Episode | None = None
         self.sent_at = time.monotonic()
+        self.answered = False  # until its first reply, a worker gets STARTUP_TIMEOUT_S
+
+    def timed_out(self, timeout_s: float) -> bool:
+        limit = timeout_s if self.answered else max(timeout_s, STARTUP_TIMEOUT_S)
+        return time.monotonic() - self.sent_at > limit
 
     def send(self, msg):
         self.conn.send(msg)
@@ -149,6 +158,7 @@ def run_rollouts(policy, store, config: Config, seed: int = 0, episodes: int | N
                     except (EOFError, OSError):
                         retry(slot)
                         continue
+                    slot.answered = True
                     ep = slot.episode
                     ep.frames += reply["frames"] + [reply["obs"]]
                     if reply["done"]:
@@ -157,7 +167,7 @@ def run_rollouts(policy, store, config: Config, seed: int = 0, episodes: int | N
                         assign(slot)
                     else:
                         waiting.append(slot)
-                elif slot.proc.sentinel in ready or time.monotonic() - slot.sent_at > v.worker_timeout_s:
+                elif slot.proc.sentinel in ready or slot.timed_out(v.worker_timeout_s):
                     retry(slot)  # died without a reply, or hangs
             if waiting:
                 chunks = _act(policy, store, config, [s.episode for s in waiting], device)
