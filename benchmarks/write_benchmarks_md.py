@@ -35,9 +35,9 @@ def verdict(diff: dict) -> str:
     if diff["mean"] is None or diff["n"] < 2:
         return "undecided (fewer than 2 seeds)"
     if diff["low"] > 0:
-        return "higher with alignment (CI above 0)"
+        return "higher (CI above 0)"
     if diff["high"] < 0:
-        return "lower with alignment (CI below 0)"
+        return "lower (CI below 0)"
     return "no difference detected (CI includes 0)"
 
 
