@@ -13,7 +13,8 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def _commit(where: Path) -> str:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=where).stdout.strip()
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=where)
+    return git.stdout.strip()
 
 
 def machine() -> dict:

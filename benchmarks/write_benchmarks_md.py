@@ -70,13 +70,15 @@ def main_section(result: dict | None, claims: list[str]) -> list[str]:
     if result is None:
         return lines + ["_Not run yet._", ""]
     c, cfg = result["comparison"], result["config"]
-    status = "complete" if result["complete"] else f"PARTIAL: {len(result['seeds'])} of {len(result['seeds_planned'])} seeds"
+    done, planned = len(result["seeds"]), len(result["seeds_planned"])
+    status = "complete" if result["complete"] else f"PARTIAL: {done} of {planned} seeds"
     lines += [f"Status: **{status}** (seeds {result['seeds']}). Preset `{result['preset']}`: "
               f"{cfg['data']['episodes']} demos per variation of `{cfg['data']['suite']}`, "
               f"{cfg['env']['image_size']}x{cfg['env']['image_size']} images, {cfg['train']['steps']} steps of batch "
               f"{cfg['train']['batch_size']}, {cfg['eval']['episodes']} rollouts per variation per seed. "
               f"Machine: {machine_line(result)}.", "",
-              "Values are % (mean over seeds [Student-t 95 % CI]); the difference is mirror - baseline, paired by seed.",
+              "Values are % (mean over seeds [Student-t 95 % CI]); the difference is mirror - baseline, "
+              "paired by seed.",
               "", "| metric | paper (baseline -> mirror) | ours: baseline | ours: mirror | difference | verdict |",
               "|---|---|---|---|---|---|"]
     for key, label in MAIN_ROWS:
