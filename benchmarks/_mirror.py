@@ -134,17 +134,15 @@ def compare(baseline: list[dict], treatment: list[dict]) -> dict:
     return out
 
 
-def pct(entry: dict) -> str:
+def pct(entry: dict, signed: bool = False) -> str:
+    """A fraction as percent with its CI, e.g. `45.0 [35.8, 54.2]`; `signed` for differences (`+2.5 [...]`)."""
+    f = "+.1f" if signed else ".1f"
     if entry["mean"] is None:
         return "n/a"
     if entry["n"] < 2:
-        return f"{100 * entry['mean']:.1f} (1 seed, no CI)"
-    return f"{100 * entry['mean']:.1f} [{100 * entry['low']:.1f}, {100 * entry['high']:.1f}]"
+        return f"{100 * entry['mean']:{f}} (1 seed, no CI)"
+    return f"{100 * entry['mean']:{f}} [{100 * entry['low']:{f}}, {100 * entry['high']:{f}}]"
 
 
 def signed_pct(entry: dict) -> str:
-    if entry["mean"] is None:
-        return "n/a"
-    if entry["n"] < 2:
-        return f"{100 * entry['mean']:+.1f} (1 seed, no CI)"
-    return f"{100 * entry['mean']:+.1f} [{100 * entry['low']:+.1f}, {100 * entry['high']:+.1f}]"
+    return pct(entry, signed=True)
