@@ -60,12 +60,13 @@ def analyzed(runs: list[Path], data: Path, root: Path, rollouts_of: Path) -> dic
     return _read(out / "analysis.json")
 
 
-def arm_metrics(recognition: dict, recognition_unseen: dict, rollouts: dict, analysis: dict) -> dict:
-    """The numbers one arm contributes for one seed (fractions in [0, 1], metrics in their own units)."""
+def arm_metrics(recognition: dict, recognition_unseen: dict | None, rollouts: dict, analysis: dict) -> dict:
+    """The numbers one arm contributes for one seed (fractions in [0, 1], metrics in their own units; None for
+    what was not measured)."""
     sf = analysis.get("success_vs_failure", {})
     return {
         "recognition": recognition["recognition"]["top1"],
-        "recognition_unseen_view": recognition_unseen["recognition"]["top1"],
+        "recognition_unseen_view": recognition_unseen["recognition"]["top1"] if recognition_unseen else None,
         "recognition_early": recognition["recognition_early"]["top1"],
         "success": rollouts["rollouts"]["success_rate"],
         "probe_r1_u2e": analysis["probe"]["r1_u2e"],
@@ -95,14 +96,16 @@ def baseline_arm(preset: str, seed: int, data: Path, root: Path) -> tuple[dict, 
     return arm_metrics(recognition, unseen, rollouts, analysis), paths
 
 
-def mirror_arm(preset: str, seed: int, overrides: list[str], data: Path, root: Path) -> tuple[dict, dict]:
+def mirror_arm(preset: str, seed: int, overrides: list[str], data: Path, root: Path,
+               unseen_view: bool = True) -> tuple[dict, dict]:
+    """A mirror run with `overrides`. `unseen_view=False` skips the replay from UNSEEN_VIEW (minutes per run)."""
     config = config_for(preset, seed, overrides)
     mirror = trained(config, "mirror", data, root)
     both = evaluated(mirror, data, root)  # recognition and rollouts from the same run
-    unseen = evaluated(mirror, data, root, view=UNSEEN_VIEW, rollouts=False)
+    unseen = evaluated(mirror, data, root, view=UNSEEN_VIEW, rollouts=False) if unseen_view else None
     analysis = analyzed([mirror], data, root, rollouts_of=eval_dir(mirror, root))
     paths = {"runs": [mirror], "analysis": root / "analysis" / mirror.name,
-             "evals": [eval_dir(mirror, root), eval_dir(mirror, root, UNSEEN_VIEW)]}
+             "evals": [eval_dir(mirror, root)] + ([eval_dir(mirror, root, UNSEEN_VIEW)] if unseen_view else [])}
     return arm_metrics(both, unseen, both, analysis), paths
 
 

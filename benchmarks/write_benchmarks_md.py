@@ -152,14 +152,20 @@ def ablation_section(result: dict | None, claims: list[str]) -> list[str]:
             claims.append(f"Paper: positives by instruction beat {name}. Ours: recognition difference ({name} - "
                           f"instruction) {signed_pct(c['recognition']['difference'])}, success "
                           f"{signed_pct(c['success']['difference'])}: {verdict(c['success']['difference'])}.")
+    temperatures = [n for n in ("temperature=0.02", "temperature=0.2") if n in result["variants"]]
+    if temperatures:
+        diffs = [(n, result["variants"][n]["vs_default_mirror"]["success"]["difference"]) for n in temperatures]
+        claims.append("Paper: tau 0.1 gives higher success than 0.02 or 0.2. Ours: success difference vs tau 0.1: "
+                      + "; ".join(f"{n.split('=')[1]}: {signed_pct(d)}, {verdict(d)}" for n, d in diffs) + ".")
     emergence = result.get("emergence", {}).get("per_seed", {})
     if emergence:
-        lines += ["Does alignment emerge during training? Probe Recall@1 (u->e) of the independent runs at each "
-                  "checkpoint, per seed:", "", "| step | " + " | ".join(f"seed {s}" for s in emergence) + " |",
-                  "|---|" + "---|" * len(emergence)]
+        lines += ["Does alignment emerge during training? Probe Recall@1 (u->e) / mutual k-NN of the independent "
+                  "runs at each checkpoint, per seed:", "",
+                  "| step | " + " | ".join(f"seed {s}" for s in emergence) + " |", "|---|" + "---|" * len(emergence)]
         steps = [row["step"] for row in next(iter(emergence.values()))]
         for i, step in enumerate(steps):
-            cells = [f"{100 * rows[i]['r1_u2e']:.1f}" if i < len(rows) else "" for rows in emergence.values()]
+            cells = [f"{100 * rows[i]['r1_u2e']:.1f} / {100 * rows[i]['mutual_knn']:.1f}" if i < len(rows) else ""
+                     for rows in emergence.values()]
             lines.append(f"| {step} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines
