@@ -46,8 +46,11 @@ def test_suites_json_cli():
     r = run_cli("suites", "--json")
     assert r.returncode == 0, r.stderr
     suites = json.loads(r.stdout)
-    assert set(suites) == {"mirror10", "mt10", "mt50"}
+    assert set(suites) == {"mirror10", "mt10", "mt50", "rlbench18"}
     assert len(suites["mirror10"]) == len(MIRROR10)
+    rlbench = suites.pop("rlbench18")
+    assert len(rlbench) == 18 and sum(e["variations"] for e in rlbench) == 249
+    assert {"task": "open_drawer", "variations": 3} in rlbench
     for entries in suites.values():
         for e in entries:
             assert set(e) == {"id", "task", "variant", "instruction", "paraphrases"}

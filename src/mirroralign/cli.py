@@ -35,19 +35,17 @@ def cmd_suites(args) -> int:
     suites = suites_json()
     if args.json:
         print(json.dumps(suites, indent=1))
-    else:
-        for name, variations in suites.items():
-            tasks = {v["task"] for v in variations}
-            print(f"{name}: {len(tasks)} tasks, {len(variations)} variations")
-            for v in variations:
-                print(f"  {v['id']:<28} {v['instruction']}")
-        from mirroralign.suites import RLBENCH_SUITES
-
-        for name, tasks in RLBENCH_SUITES.items():
-            print(f"{name}: {len(tasks)} RLBench tasks, {sum(tasks.values())} variations "
+        return 0
+    for name, entries in suites.items():
+        if entries and "variations" in entries[0]:  # an RLBench suite
+            print(f"{name}: {len(entries)} RLBench tasks, {sum(e['variations'] for e in entries)} variations "
                   f"(instructions come with the demonstrations: mirroralign import-rlbench)")
-            for task, n in tasks.items():
-                print(f"  {task:<28} {n} variations")
+            for e in entries:
+                print(f"  {e['task']:<28} {e['variations']} variations")
+            continue
+        print(f"{name}: {len({e['task'] for e in entries})} tasks, {len(entries)} variations")
+        for e in entries:
+            print(f"  {e['id']:<28} {e['instruction']}")
     return 0
 
 

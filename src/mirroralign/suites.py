@@ -124,5 +124,10 @@ def get_suite(name: str) -> tuple[Variation, ...]:
 
 
 def suites_json() -> dict:
+    """Every suite: Meta-World suites list their variations; RLBench suites list tasks and variation counts
+    (their instructions come with the recorded demonstrations)."""
     keys = ("id", "task", "variant", "instruction", "paraphrases")
-    return {name: [{k: v.to_dict()[k] for k in keys} for v in get_suite(name)] for name in SUITE_NAMES}
+    metaworld = {name: [{k: v.to_dict()[k] for k in keys} for v in get_suite(name)] for name in SUITE_NAMES}
+    rlbench = {name: [{"task": task, "variations": n} for task, n in tasks.items()]
+               for name, tasks in RLBENCH_SUITES.items()}
+    return {**metaworld, **rlbench}
