@@ -261,6 +261,11 @@ def test_train_tiny_on_an_import_and_evaluate_recognition(imported, tmp_path, mo
     _one_line(r, 2, "mirroralign: error: RLBench is not installed")
     assert "--no-rollouts" in r.stderr and not (tmp_path / "eval").exists()
     if mode == "mirror":
+        # another view would be a replay, which needs scene seeds that recorded demonstrations do not have
+        r = run_cli("evaluate", "--run", run, "--data", imported, "--out", tmp_path / "eval", "--no-rollouts",
+                    "--view", "wrist")
+        _one_line(r, 2, "mirroralign: error: recognition from 'wrist' replays the test episodes")
+        assert "(overhead)" in r.stderr and not (tmp_path / "eval").exists()
         r = run_cli("evaluate", "--run", run, "--data", imported, "--out", tmp_path / "eval", "--no-rollouts")
         assert r.returncode == 0, r.stderr
         recognition = json.loads((tmp_path / "eval" / "metrics.json").read_text())["recognition"]

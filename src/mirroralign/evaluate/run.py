@@ -71,6 +71,13 @@ def evaluate(run: str | Path, data: str | Path, out: str | Path, view: str | Non
     known = simulator_cameras(store.manifest["simulator"])
     if view not in known:
         raise UsageError(f"unknown camera {view!r} (known: {', '.join(known)})")
+    observers = store.manifest["cameras"]["observer"]
+    if "understanding" in loaded.models and view not in observers and any(
+            store.episodes[e]["scene_seed"] is None for e in store.episode_ids("test")):
+        # another view is re-rendered by replaying each episode from its scene seed; imports have none
+        raise UsageError(f"recognition from {view!r} replays the test episodes, but they have no scene seeds "
+                         f"(recorded elsewhere, e.g. imported): use a recorded observer camera "
+                         f"({', '.join(observers)})")
     if rollouts and "execution" in loaded.models:  # e.g. RLBench data without CoppeliaSim: say so before any work
         try:
             check_simulator(store.manifest["simulator"])
