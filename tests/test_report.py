@@ -1,3 +1,4 @@
+import json
 import os
 import re
 import shutil
@@ -62,4 +63,30 @@ def test_report_renders_in_chromium_without_console_errors(demo, tmp_path):
 def test_report_rejects_bad_inputs(tmp_path):
     r = run_cli("report", "--inputs", tmp_path, "--out", tmp_path / "r.html")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "r.html").exists()
+
+
+RECOGNITION = {"predictions": [0, 1], "labels": [0, 1], "view": "corner", "top5": 1.0, "n": 2,
+               "variation_ids": ["a", "b"]}
+
+
+@pytest.mark.parametrize("kind,content,damaged", [
+    ("metrics.json", {"run": 1}, "metrics.json"),  # valid JSON, wrong type
+    ("metrics.json", {"run": "r", "recognition": RECOGNITION}, "metrics.json"),  # no mode
+    ("metrics.json", {"run": "r", "mode": "understand",  # a label outside the variations
+                      "recognition": {**RECOGNITION, "labels": [0, 7]}}, "metrics.json"),
+    ("metrics.json", {"run": "r", "mode": "execute", "rollouts": {"success_rate": 0.5}}, "metrics.json"),
+    ("analysis.json", {"runs": {"mirror": "r"}, "probe": {"r1_u2e": 1.0}}, "analysis.json"),
+    ("metrics.json", {"run": "RUN", "mode": "execute"}, "metrics.jsonl"),  # the run's training log is cut
+])
+def test_report_names_an_input_of_the_wrong_shape(kind, content, damaged, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss_ee": 0.5}\n{"step": 2, "loss_')
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / kind).write_text(json.dumps(content).replace('"RUN"', json.dumps(str(run))))
+    r = run_cli("report", "--inputs", inputs, "--out", tmp_path / "r.html")
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith("mirroralign: data error:") and damaged in r.stderr, r.stderr
     assert not (tmp_path / "r.html").exists()

@@ -9,6 +9,7 @@ import base64
 import html
 import io
 import json
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -18,11 +19,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
+from safetensors import SafetensorError  # noqa: E402
 from safetensors.numpy import load_file  # noqa: E402
 
 from mirroralign.stats import mean_ci  # noqa: E402
 from mirroralign.data.store import EPISODES, load_episode_folder, read_json, require_writable  # noqa: E402
-from mirroralign.errors import UsageError  # noqa: E402
+from mirroralign.errors import DataError, UsageError  # noqa: E402
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
@@ -58,6 +60,22 @@ def _pct_ci(values) -> str:
     return f"{100 * ci['mean']:.1f} % [{100 * ci['low']:.1f}, {100 * ci['high']:.1f}]"
 
 
+@contextmanager
+def _reading(path: Path, what: str):
+    """Valid JSON of the wrong shape (a field missing or of another type) is damaged input: name the file."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
+        raise DataError(f"{what} damaged: {path} (unexpected content: {type(err).__name__}: {err})") from None
+
+
+def _representations(path: Path) -> dict:
+    try:
+        return load_file(str(path))
+    except (OSError, SafetensorError) as err:
+        raise DataError(f"representations damaged or missing: {path} ({err})") from None
+
+
 def load_inputs(paths) -> tuple[list[tuple[Path, dict]], list[tuple[Path, dict]]]:
     evals, analyses = [], []
     for p in map(Path, paths):
@@ -75,26 +93,27 @@ def load_inputs(paths) -> tuple[list[tuple[Path, dict]], list[tuple[Path, dict]]
 def recognition_section(evals) -> str:
     rows, figs = [], []
     for path, m in evals:
-        for key in ("recognition", "recognition_early"):
-            if key in m:
-                r = m[key]
-                correct = [p == label for p, label in zip(r["predictions"], r["labels"])]
-                rows.append([m["mode"], key.replace("recognition", "full clip").replace("full clip_early", "early"),
-                             r["view"], _pct_ci(correct), f"{100 * r['top5']:.1f} %", r["n"], str(path)])
-        if "recognition" in m:
-            r = m["recognition"]
-            ids = r["variation_ids"]
-            n = len(ids)
-            confusion = np.zeros((n, n))
-            for p, label in zip(r["predictions"], r["labels"]):
-                confusion[label, p] += 1
-            fig, ax = plt.subplots(figsize=(5.5, 5))
-            ax.imshow(confusion / np.maximum(confusion.sum(1, keepdims=True), 1), cmap="Blues", vmin=0, vmax=1)
-            ax.set(xlabel="recognised", ylabel="true", title=f"confusion ({m['mode']}, view {r['view']})")
-            if n <= 30:
-                ax.set_xticks(range(n), ids, rotation=90, fontsize=6)
-                ax.set_yticks(range(n), ids, fontsize=6)
-            figs.append(_png(fig))
+        with _reading(path / "metrics.json", "evaluation"):
+            for key in ("recognition", "recognition_early"):
+                if key in m:
+                    r = m[key]
+                    correct = [p == label for p, label in zip(r["predictions"], r["labels"])]
+                    rows.append([m["mode"], key.replace("recognition", "full clip").replace("full clip_early", "early"),
+                                 r["view"], _pct_ci(correct), f"{100 * r['top5']:.1f} %", r["n"], str(path)])
+            if "recognition" in m:
+                r = m["recognition"]
+                ids = r["variation_ids"]
+                n = len(ids)
+                confusion = np.zeros((n, n))
+                for p, label in zip(r["predictions"], r["labels"]):
+                    confusion[label, p] += 1
+                fig, ax = plt.subplots(figsize=(5.5, 5))
+                ax.imshow(confusion / np.maximum(confusion.sum(1, keepdims=True), 1), cmap="Blues", vmin=0, vmax=1)
+                ax.set(xlabel="recognised", ylabel="true", title=f"confusion ({m['mode']}, view {r['view']})")
+                if n <= 30:
+                    ax.set_xticks(range(n), ids, rotation=90, fontsize=6)
+                    ax.set_yticks(range(n), ids, fontsize=6)
+                figs.append(_png(fig))
     if not rows:
         return ""
     return ("<h2>Action understanding: recognition</h2>"
@@ -107,14 +126,16 @@ def success_section(evals) -> str:
         ro = m.get("rollouts")
         if not ro:
             continue
-        rows.append([m["mode"], f"{100 * ro['success_rate']:.1f} % [{100 * ro['ci95'][0]:.1f}, "
-                                f"{100 * ro['ci95'][1]:.1f}]", ro["n"], ro.get("worker_restarts", 0), str(path)])
-        task_rows += [[m["mode"], t, f"{100 * v['success_rate']:.0f} %", v["n"]] for t, v in sorted(ro["per_task"].items())]
-        for folder in sorted((path / "rollouts" / EPISODES).glob("*/rollout-*"))[:: 4][:6]:
-            meta, arrays = load_episode_folder(folder)
-            obs = next(k for k in arrays if k.startswith("observer."))
-            label = f"{meta['variation_id']} ({'success' if meta['success'] else 'failure'})"
-            gifs.append(f"<figure>{_gif(arrays[obs])}<figcaption>{html.escape(label)}</figcaption></figure>")
+        with _reading(path / "metrics.json", "evaluation"):
+            rows.append([m["mode"], f"{100 * ro['success_rate']:.1f} % [{100 * ro['ci95'][0]:.1f}, "
+                                    f"{100 * ro['ci95'][1]:.1f}]", ro["n"], ro.get("worker_restarts", 0), str(path)])
+            task_rows += [[m["mode"], t, f"{100 * v['success_rate']:.0f} %", v["n"]]
+                          for t, v in sorted(ro["per_task"].items())]
+            for folder in sorted((path / "rollouts" / EPISODES).glob("*/rollout-*"))[:: 4][:6]:
+                meta, arrays = load_episode_folder(folder)
+                obs = next(k for k in arrays if k.startswith("observer."))
+                label = f"{meta['variation_id']} ({'success' if meta['success'] else 'failure'})"
+                gifs.append(f"<figure>{_gif(arrays[obs])}<figcaption>{html.escape(label)}</figcaption></figure>")
     if not rows:
         return ""
     return ("<h2>Embodied execution: success in simulation</h2>"
@@ -129,58 +150,66 @@ def analysis_section(analyses) -> str:
         return ""
     rows, figs = [], []
     for path, a in analyses:
-        p = a["probe"]
-        rows.append([" + ".join(a["runs"]), p["r1_u2e"], p["r1_e2u"], p["chance"], a["mutual_knn"], a["cka"],
-                     a["unbiased_cka"], a["cknna"], a["k"], p["n_test"]])
-        reps = load_file(str(path / "representations.safetensors"))
-        both = np.concatenate([reps["shared_understanding"], reps["shared_execution"]])
-        centred = both - both.mean(0)
-        xy = centred @ np.linalg.svd(centred, full_matrices=False)[2][:2].T
-        n, labels = len(reps["shared_understanding"]), reps["instruction_id"]
-        fig, ax = plt.subplots(figsize=(5.5, 4.5))
-        ax.scatter(xy[:n, 0], xy[:n, 1], c=labels, cmap="tab20", marker="o", label="understanding (clip)")
-        ax.scatter(xy[n:, 0], xy[n:, 1], c=labels, cmap="tab20", marker="x", label="execution (steps)")
-        ax.set(title=f"probe's shared space, PCA ({' + '.join(a['runs'])})", xlabel="PC 1", ylabel="PC 2")
-        ax.legend(fontsize=7)
-        figs.append(_png(fig))
-        if a.get("over_training"):
-            ot = a["over_training"]
-            fig, ax = plt.subplots(figsize=(5.5, 3.5))
-            for key in ("r1_u2e", "r1_e2u", "mutual_knn"):
-                ax.plot([r["step"] for r in ot], [r[key] for r in ot], marker="o", label=key)
-            ax.axhline(p["chance"], color="grey", ls="--", label="R@1 chance")
-            ax.set(xlabel="training step", title="alignment over training", ylim=(0, 1.05))
+        with _reading(path / "analysis.json", "analysis"):
+            p = a["probe"]
+            rows.append([" + ".join(a["runs"]), p["r1_u2e"], p["r1_e2u"], p["chance"], a["mutual_knn"], a["cka"],
+                         a["unbiased_cka"], a["cknna"], a["k"], p["n_test"]])
+            reps = _representations(path / "representations.safetensors")
+            both = np.concatenate([reps["shared_understanding"], reps["shared_execution"]])
+            centred = both - both.mean(0)
+            xy = centred @ np.linalg.svd(centred, full_matrices=False)[2][:2].T
+            n, labels = len(reps["shared_understanding"]), reps["instruction_id"]
+            fig, ax = plt.subplots(figsize=(5.5, 4.5))
+            ax.scatter(xy[:n, 0], xy[:n, 1], c=labels, cmap="tab20", marker="o", label="understanding (clip)")
+            ax.scatter(xy[n:, 0], xy[n:, 1], c=labels, cmap="tab20", marker="x", label="execution (steps)")
+            ax.set(title=f"probe's shared space, PCA ({' + '.join(a['runs'])})", xlabel="PC 1", ylabel="PC 2")
             ax.legend(fontsize=7)
             figs.append(_png(fig))
-        sv = a.get("success_vs_failure")
-        if sv and (sv["success_scores"] or sv["failure_scores"]):
-            fig, ax = plt.subplots(figsize=(5.5, 3.5))
-            ax.hist([sv["success_scores"], sv["failure_scores"]], bins=15, label=["success", "failure"])
-            p_value = "n/a" if sv["p_value"] is None else f"{sv['p_value']:.3g}"
-            ax.set(xlabel="alignment score (cosine in the probe's space)",
-                   title=f"success vs failure: Mann-Whitney p = {p_value}")
-            ax.legend()
-            figs.append(_png(fig))
+            if a.get("over_training"):
+                ot = a["over_training"]
+                fig, ax = plt.subplots(figsize=(5.5, 3.5))
+                for key in ("r1_u2e", "r1_e2u", "mutual_knn"):
+                    ax.plot([r["step"] for r in ot], [r[key] for r in ot], marker="o", label=key)
+                ax.axhline(p["chance"], color="grey", ls="--", label="R@1 chance")
+                ax.set(xlabel="training step", title="alignment over training", ylim=(0, 1.05))
+                ax.legend(fontsize=7)
+                figs.append(_png(fig))
+            sv = a.get("success_vs_failure")
+            if sv and (sv["success_scores"] or sv["failure_scores"]):
+                fig, ax = plt.subplots(figsize=(5.5, 3.5))
+                ax.hist([sv["success_scores"], sv["failure_scores"]], bins=15, label=["success", "failure"])
+                p_value = "n/a" if sv["p_value"] is None else f"{sv['p_value']:.3g}"
+                ax.set(xlabel="alignment score (cosine in the probe's space)",
+                       title=f"success vs failure: Mann-Whitney p = {p_value}")
+                ax.legend()
+                figs.append(_png(fig))
     return ("<h2>Alignment of the two representations</h2><p class='note'>Probe: both models frozen, two linear "
             "maps trained with InfoNCE on train episodes; Recall@1 on test episodes counts a retrieval correct when "
             "it has the same instruction.</p>"
-            + _table(["runs", "R@1 u→e", "R@1 e→u", "chance", "mutual k-NN", "CKA", "unbiased CKA", "CKNNA", "k", "n"],
-                     rows) + "".join(figs))
+            + _table(["runs", "R@1 u→e", "R@1 e→u", "chance", "mutual k-NN", "CKA", "unbiased CKA", "CKNNA", "k",
+                      "n"], rows) + "".join(figs))
 
 
 def training_section(evals, analyses) -> str:
-    runs = {m["run"] for _, m in evals} | {r for _, a in analyses for r in a["runs"].values()}
+    runs = set()
+    for path, m in evals:
+        with _reading(path / "metrics.json", "evaluation"):
+            runs.add(Path(m["run"]))
+    for path, a in analyses:
+        with _reading(path / "analysis.json", "analysis"):
+            runs |= {Path(r) for r in a["runs"].values()}
     fig, ax = plt.subplots(figsize=(7, 3.5))
     plotted = False
     for run in sorted(runs):
-        path = Path(run) / "metrics.jsonl"
+        path = run / "metrics.jsonl"
         if path.is_file():
-            rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-            for key in ("loss_au", "loss_ee", "loss_align"):
-                pts = [(r["step"], r[key]) for r in rows if key in r]
-                if pts:
-                    ax.plot(*zip(*pts), label=f"{Path(run).name}: {key}")
-                    plotted = True
+            with _reading(path, "training log"):
+                rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+                for key in ("loss_au", "loss_ee", "loss_align"):
+                    pts = [(r["step"], r[key]) for r in rows if key in r]
+                    if pts:
+                        ax.plot(*zip(*pts), label=f"{run.name}: {key}")
+                        plotted = True
     if not plotted:
         plt.close(fig)
         return ""
