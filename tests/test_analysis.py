@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 from conftest import run_cli
@@ -7,6 +8,7 @@ from safetensors.torch import load_file
 
 from mirroralign.analysis.metrics import all_metrics
 from mirroralign.analysis.probe import chance_recall, probe_scores
+from mirroralign.data.store import write_episode
 
 
 def _split(g, n, d):
@@ -60,3 +62,13 @@ def test_analyze_rejects_wrong_runs(mirror_run, tiny_dataset, tmp_path, runs):
     r = run_cli("analyze", "--runs", *paths, "--data", tiny_dataset, "--out", out)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_analyze_refuses_rollouts_of_another_dataset(mirror_run, tiny_dataset, tmp_path):
+    rollouts = tmp_path / "eval" / "rollouts"  # a real rollout folder, of a variation --data does not have
+    write_episode(rollouts, "elsewhere/rollout-0000", {"proprio": np.zeros((3, 4), np.float32)},
+                  {"variation_id": "elsewhere", "k": 0, "scene_seed": 1, "success": True, "steps": 2})
+    out = tmp_path / "analysis"
+    r = run_cli("analyze", "--runs", mirror_run, "--data", tiny_dataset, "--out", out, "--rollouts", tmp_path / "eval")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "'elsewhere', which --data does not have" in r.stderr and not out.exists()

@@ -49,6 +49,9 @@ def rollout_episodes(eval_dir: Path, store: EpisodeStore) -> tuple[list[dict], l
     episodes, success = [], []
     for folder in sorted((Path(eval_dir) / "rollouts" / EPISODES).glob("*/rollout-*")):
         meta, arrays = load_episode_folder(folder)
+        if meta.get("variation_id") not in store.variation_index:
+            raise UsageError(f"rollout {folder} is of variation {meta.get('variation_id')!r}, which --data does not "
+                             f"have (evaluated on another dataset?)")
         v = store.variation_index[meta["variation_id"]]
         episodes.append({"observer": to_chw(arrays[f"observer.{cams['observer'][0]}"]),
                          "agent": to_chw(np.stack([arrays[f"agent.{c}"] for c in cams["agent"]], axis=1)),
@@ -96,6 +99,8 @@ def analyze(run_dirs: list[str | Path], data: str | Path, out: str | Path, rollo
     if len(test_eps) < 4:
         raise UsageError(f"the test split has {len(test_eps)} episodes; the metrics need at least 4")
     k = min(k, len(test_eps) - 1)
+    if rollouts is not None:  # read (and checked) before any work
+        episodes, success = rollout_episodes(Path(rollouts), store)
 
     (train_u, train_e), (test_u, test_e) = _representations_at(runs, frames, train_eps, test_eps)
     probe, probe_model = probe_scores(train_u, train_e, train_groups, test_u, test_e, test_labels)
@@ -107,7 +112,6 @@ def analyze(run_dirs: list[str | Path], data: str | Path, out: str | Path, rollo
         result["aligner"] = {"r1_u2e": recall_at_1(a, b, test_labels), "r1_e2u": recall_at_1(b, a, test_labels)}
 
     if rollouts is not None:
-        episodes, success = rollout_episodes(Path(rollouts), store)
         u_model, e_model = pick_models(runs)
         ru, re = shared_space(probe_model, *episode_representations(u_model, e_model, episodes, frames))
         score = F.cosine_similarity(ru, re).tolist()
