@@ -113,11 +113,18 @@ def seed_ci(values) -> dict:
     """Mean and Student-t 95 % CI over seeds (the seed is the unit of replication; with 3 seeds a bootstrap
     interval would be far too narrow)."""
     x = np.asarray([v for v in values if v is not None], dtype=float)
-    if len(x) < 2 or np.all(x == x[0]):
-        m = float(x.mean()) if len(x) else None
-        return {"mean": m, "low": m, "high": m, "n": len(x)}
+    if len(x) < 2 or np.all(x == x[0]):  # no spread: a t-interval would be [m, m], claiming certainty
+        return {"mean": float(x.mean()) if len(x) else None, "low": None, "high": None, "n": len(x)}
     low, high = scipy_stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=scipy_stats.sem(x))
     return {"mean": float(x.mean()), "low": float(low), "high": float(high), "n": len(x)}
+
+
+def rate_ci(outcomes) -> dict:
+    """Success rate with its Wilson interval (as mirroralign.stats.proportion_ci, which the pinned snapshot that
+    the benchmark runs from predates)."""
+    x = np.asarray(outcomes, dtype=bool)
+    ci = scipy_stats.binomtest(int(x.sum()), len(x)).proportion_ci(method="wilson")
+    return {"mean": float(x.mean()), "low": float(ci.low), "high": float(ci.high), "n": len(x)}
 
 
 def compare(baseline: list[dict], treatment: list[dict]) -> dict:
@@ -132,7 +139,7 @@ def compare(baseline: list[dict], treatment: list[dict]) -> dict:
     b_eps = np.concatenate([s["_rollout_outcomes"] for s in baseline]).astype(float)
     t_eps = np.concatenate([s["_rollout_outcomes"] for s in treatment]).astype(float)
     if len(b_eps) == len(t_eps):
-        out["success_pooled"] = {"baseline": mean_ci(b_eps), "treatment": mean_ci(t_eps),
+        out["success_pooled"] = {"baseline": rate_ci(b_eps), "treatment": rate_ci(t_eps),
                                  "difference": mean_ci(t_eps - b_eps)}
     return out
 
@@ -142,9 +149,12 @@ def pct(entry: dict, signed: bool = False) -> str:
     f = "+.1f" if signed else ".1f"
     if entry["mean"] is None:
         return "n/a"
-    if entry["n"] < 2:
-        return f"{100 * entry['mean']:{f}} (1 seed, no CI)"
-    return f"{100 * entry['mean']:{f}} [{100 * entry['low']:{f}}, {100 * entry['high']:{f}}]"
+    if entry["low"] is None:
+        why = "1 seed" if entry["n"] < 2 else f"same on all {entry['n']} seeds"
+        return f"{100 * entry['mean']:{f}} ({why}, no CI)"
+    lowest = -100 if signed else 0  # a t-interval can run past what a percentage can be: shown clipped
+    low, high = max(100 * entry["low"], lowest), min(100 * entry["high"], 100)
+    return f"{100 * entry['mean']:{f}} [{low:{f}}, {high:{f}}]"
 
 
 def signed_pct(entry: dict) -> str:

@@ -44,7 +44,7 @@ def table(comparison: dict, rows=ROWS) -> list[tuple[str, str, str]]:
         c = comparison["success_pooled"]
         out.append(("task success, pooled episodes", f"{pct(c['baseline'])} -> {pct(c['treatment'])}",
                     f"difference {signed_pct(c['difference'])} over {c['baseline']['n']} paired episodes "
-                    "(bootstrap 95 % CI)"))
+                    "(bootstrap 95 % CI: rollout noise of these models only, not seed variance)"))
     return out
 
 

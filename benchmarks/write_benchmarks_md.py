@@ -34,6 +34,8 @@ def load(name: str) -> dict | None:
 def verdict(diff: dict) -> str:
     if diff["mean"] is None or diff["n"] < 2:
         return "undecided (fewer than 2 seeds)"
+    if diff["low"] is None:  # the same difference on every seed
+        return "no difference (identical on every seed)" if diff["mean"] == 0 else "undecided (no spread over seeds)"
     if diff["low"] > 0:
         return "higher (CI above 0)"
     if diff["high"] < 0:
@@ -85,15 +87,16 @@ def main_section(result: dict | None, claims: list[str]) -> list[str]:
         row = c[key]
         lines.append(f"| {label} | {fmt_paper(key)} | {pct(row['baseline'])} | {pct(row['treatment'])} | "
                      f"{signed_pct(row['difference'])} | {verdict(row['difference'])}{bound(row['baseline'])} |")
-    if "success_pooled" in c:
+    if "success_pooled" in c:  # same scenes in every seed: the interval holds rollout noise, not seed variance
         p = c["success_pooled"]
         lines.append(f"| task success, all episodes pooled | | {pct(p['baseline'])} | {pct(p['treatment'])} | "
-                     f"{signed_pct(p['difference'])} | {verdict(p['difference'])} (bootstrap over "
-                     f"{p['baseline']['n']} paired episodes) |")
+                     f"{signed_pct(p['difference'])} | no verdict: bootstrap over {p['baseline']['n']} paired "
+                     f"episodes, which holds the rollout noise of these trained models, not seed-to-seed variance |")
     lines.append("")
     for key in ("recognition", "success"):
         v = verdict(c[key]["difference"]) + bound(c[key]["baseline"])
-        got = ("reproduced" if v.startswith("higher") else "undecided" if v.startswith("undecided")
+        got = ("untestable here (baseline at ceiling or floor)" if bound(c[key]["baseline"])
+               else "reproduced" if v.startswith("higher") else "undecided" if v.startswith("undecided")
                else "NOT reproduced")
         claims.append(f"Paper: {key} improves with alignment ({fmt_paper(key)} %). Ours: "
                       f"{pct(c[key]['baseline'])} -> {pct(c[key]['treatment'])}, difference "

@@ -6,7 +6,7 @@ import torch
 from scipy import stats as sps
 
 from mirroralign.analysis.metrics import all_metrics, cka, cknna, hsic_biased, hsic_unbiased, mutual_knn, unbiased_cka
-from mirroralign.stats import mann_whitney, mean_ci
+from mirroralign.stats import mann_whitney, mean_ci, proportion_ci
 
 
 def test_identical_inputs_score_one():
@@ -80,3 +80,18 @@ def test_bootstrap_ci_and_mann_whitney_match_scipy():
     assert mw["u"] == ref.statistic and mw["p_value"] == pytest.approx(ref.pvalue)
     # 19 of the 20 pairs have a above b: rank-biserial = (19 - 1) / 20
     assert mw["rank_biserial"] == pytest.approx(0.9)
+
+
+def test_wilson_interval_by_hand_and_wide_at_the_bounds():
+    # Wilson: (p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n), z = 1.95996
+    z, n = 1.959963984540054, 10
+    for k in (0, 3, 10):
+        p = k / n
+        centre, half = p + z * z / (2 * n), z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+        ci = proportion_ci([True] * k + [False] * (n - k))
+        assert ci["mean"] == pytest.approx(p) and ci["n"] == n
+        assert (ci["low"], ci["high"]) == pytest.approx(((centre - half) / (1 + z * z / n),
+                                                        (centre + half) / (1 + z * z / n)))
+    assert proportion_ci([True] * 10)["low"] < 0.75  # a bootstrap would say [1, 1]
+    with pytest.raises(ValueError):
+        proportion_ci([])

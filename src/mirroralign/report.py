@@ -22,7 +22,7 @@ from PIL import Image  # noqa: E402
 from safetensors import SafetensorError  # noqa: E402
 from safetensors.numpy import load_file  # noqa: E402
 
-from mirroralign.stats import mean_ci  # noqa: E402
+from mirroralign.stats import proportion_ci  # noqa: E402
 from mirroralign.data.store import EPISODES, load_episode_folder, read_json, require_writable  # noqa: E402
 from mirroralign.errors import DataError, UsageError  # noqa: E402
 
@@ -55,8 +55,8 @@ def _table(header: list[str], rows: list[list]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _pct_ci(values) -> str:
-    ci = mean_ci(np.asarray(values, float))
+def _pct_ci(outcomes) -> str:
+    ci = proportion_ci(outcomes)
     return f"{100 * ci['mean']:.1f} % [{100 * ci['low']:.1f}, {100 * ci['high']:.1f}]"
 
 

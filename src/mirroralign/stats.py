@@ -1,4 +1,5 @@
-"""Statistics for reporting: bootstrap confidence intervals and the Mann-Whitney U test (SciPy)."""
+"""Statistics for reporting: confidence intervals (Wilson for a rate of 0/1 outcomes, bootstrap for any other
+mean) and the Mann-Whitney U test (SciPy)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,16 @@ def mean_ci(values, confidence: float = 0.95, n_resamples: int = 10_000, seed: i
                           method="percentile", random_state=np.random.default_rng(seed))
     return {"mean": float(x.mean()), "low": float(res.confidence_interval.low),
             "high": float(res.confidence_interval.high), "n": len(x)}
+
+
+def proportion_ci(outcomes, confidence: float = 0.95) -> dict:
+    """Rate of 0/1 outcomes with its Wilson score interval: unlike a bootstrap it stays wide at 0 % and 100 %
+    (a bootstrap of 10 successes out of 10 gives [1, 1]) and covers well for small n."""
+    x = np.asarray(outcomes, dtype=bool)
+    if len(x) == 0:
+        raise ValueError("no outcomes")
+    ci = stats.binomtest(int(x.sum()), len(x)).proportion_ci(confidence_level=confidence, method="wilson")
+    return {"mean": float(x.mean()), "low": float(ci.low), "high": float(ci.high), "n": len(x)}
 
 
 def mann_whitney(a, b) -> dict:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mirroralign.stats import mean_ci
+from mirroralign.stats import proportion_ci
 from mirroralign.data.store import EpisodeStore, require_writable, write_episode, write_json_atomic
 from mirroralign.envs import check_simulator, simulator_cameras
 from mirroralign.errors import DataError, UsageError
@@ -40,7 +40,7 @@ def rollout_metrics(records: list[dict], store: EpisodeStore) -> dict:
         by_variation[r["variation_id"]].append(r["success"])
         by_task[store.variations[r["variation"]].task].append(r["success"])
     rates = lambda groups: {k: {"success_rate": float(np.mean(v)), "n": len(v)} for k, v in groups.items()}  # noqa: E731
-    ci = mean_ci(np.asarray(success, float))
+    ci = proportion_ci(success)
     return {"success_rate": ci["mean"], "ci95": [ci["low"], ci["high"]], "n": len(records),
             "per_variation": rates(by_variation), "per_task": rates(by_task),
             "episodes": [{k: r[k] for k in ("variation_id", "k", "scene_seed", "success", "steps")} for r in records]}
