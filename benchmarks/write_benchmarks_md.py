@@ -68,7 +68,9 @@ def main_section(result: dict | None, claims: list[str]) -> list[str]:
              "Command: `python benchmarks/mirror_effect.py` (seeds 0 1 2; resumable, every run cached by its config).",
              "Baseline = an `understand` run and an `execute` run trained independently; mirror = one `mirror` run "
              "(positives by instruction, tau 0.1, lambda_align 0.5, shared dimension 1024). Same dataset, steps, "
-             "batch size and test scenes.", ""]
+             "batch size and test scenes. One difference besides the alignment loss: the `understand` run draws one "
+             "clip per episode, while the `mirror` run draws a (step, whole-episode clip) pair per step, so its "
+             "recognition loss sees long episodes (peg-insert, hammer) more often than short ones.", ""]
     if result is None:
         return lines + ["_Not run yet._", ""]
     c, cfg = result["comparison"], result["config"]

@@ -210,6 +210,7 @@ def bad_invocations(data: Path, run: Path, tmp: Path) -> dict[str, list]:
         "evaluate: missing run": ["evaluate", "--run", tmp / "missing", "--data", data, "--out", out],
         "evaluate: unknown camera": ["evaluate", "--run", run, "--data", data, "--out", out, "--view", "eyeball"],
         "evaluate: zero episodes": ["evaluate", "--run", run, "--data", data, "--out", out, "--episodes", "0"],
+        "evaluate: zero workers": ["evaluate", "--run", run, "--data", data, "--out", out, "--workers", "0"],
         "analyze: a dataset as a run": ["analyze", "--runs", data, "--data", data, "--out", out],
         "analyze: the same run twice": ["analyze", "--runs", run, run, "--data", data, "--out", out],
         "report: no evaluation or analysis": ["report", "--inputs", tmp, "--out", tmp / "r.html"],

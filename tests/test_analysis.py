@@ -7,8 +7,8 @@ from conftest import run_cli
 from safetensors.torch import load_file
 
 from mirroralign.analysis.metrics import all_metrics
-from mirroralign.analysis.probe import chance_recall, probe_scores
-from mirroralign.data.store import write_episode
+from mirroralign.analysis.probe import chance_recall, probe_scores, recall_at_1
+from mirroralign.data.store import EpisodeStore, write_episode
 
 
 def _split(g, n, d):
@@ -51,7 +51,11 @@ def test_analyze_mirror_run(mirror_run, tiny_dataset, tmp_path):
     for key, value in recomputed.items():
         assert a[key] == pytest.approx(value, abs=1e-9), key
     assert a["probe"]["chance"] == pytest.approx(1 / 6)
-    assert 0 <= a["probe"]["r1_u2e"] <= 1 and "aligner" in a
+    # the stored Recall@1 is that of the stored shared space (retrieval with the same instruction counts)
+    su, se, labels = reps["shared_understanding"], reps["shared_execution"], reps["instruction_id"]
+    assert a["probe"]["r1_u2e"] == pytest.approx(recall_at_1(su, se, labels))
+    assert a["probe"]["r1_e2u"] == pytest.approx(recall_at_1(se, su, labels))
+    assert set(a["aligner"]) == {"r1_u2e", "r1_e2u"}
     assert [row["step"] for row in a["over_training"]] == [20]
 
 
@@ -72,3 +76,30 @@ def test_analyze_refuses_rollouts_of_another_dataset(mirror_run, tiny_dataset, t
     r = run_cli("analyze", "--runs", mirror_run, "--data", tiny_dataset, "--out", out, "--rollouts", tmp_path / "eval")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "'elsewhere', which --data does not have" in r.stderr and not out.exists()
+
+
+def test_analyze_refuses_data_with_other_variations(mirror_run, tmp_path):
+    # the models index instructions by position: another suite's data would silently mislabel everything
+    other = tmp_path / "other"
+    r = run_cli("generate", "--preset", "tiny", "--tasks", "reach", "--episodes", 4, "--out", other)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "analysis"
+    r = run_cli("analyze", "--runs", mirror_run, "--data", other, "--out", out)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "other variations or instructions than the run" in r.stderr and not out.exists()
+
+
+@pytest.mark.parametrize("meta_change", [{"steps": 9}, {"success": None, "steps": None}], ids=["steps", "missing"])
+def test_analyze_names_a_rollout_whose_meta_disagrees_with_its_arrays(meta_change, mirror_run, tiny_dataset,
+                                                                      tmp_path):
+    store = EpisodeStore(tiny_dataset)
+    arrays = store.load(store.episode_ids("test")[0])  # real arrays of the right cameras, 1 more frame than steps
+    meta = {"variation_id": store.variations[0].id, "k": 0, "scene_seed": 1, "success": True,
+            "steps": len(arrays["proprio"]) - 1}
+    meta = {k: v for k, v in {**meta, **meta_change}.items() if v is not None}
+    write_episode(tmp_path / "eval" / "rollouts", f"{meta['variation_id']}/rollout-0000",
+                  {k: v for k, v in arrays.items() if k != "actions"}, meta)
+    out = tmp_path / "analysis"
+    r = run_cli("analyze", "--runs", mirror_run, "--data", tiny_dataset, "--out", out, "--rollouts", tmp_path / "eval")
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "rollout-0000 is damaged" in r.stderr and not out.exists()

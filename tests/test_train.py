@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -188,6 +189,22 @@ def test_damaged_checkpoint_is_detected(tiny_dataset, tmp_path):
     r = run_cli("train", "--mode", "execute", "--data", tiny_dataset, "--preset", "tiny", "train.steps=20",
                 "--out", tmp_path / "run")
     assert r.returncode == 1 and str(ckpt) in r.stderr
+
+
+@pytest.mark.parametrize("identity", [None, {"mode": "execute"}, {"mode": "execute", "data": ".", "config": [1]}],
+                         ids=["no identity", "no config", "config not a mapping"])
+def test_damaged_run_record_is_named(mirror_run, tmp_path, identity):
+    run = tmp_path / "run"
+    shutil.copytree(mirror_run, run)
+    record = json.loads((run / "run.json").read_text())
+    if identity is None:
+        del record["identity"]
+    else:
+        record["identity"] = identity
+    (run / "run.json").write_text(json.dumps(record))
+    r = run_cli("analyze", "--runs", run, "--data", mirror_run, "--out", tmp_path / "a")
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert f"run record damaged: {run / 'run.json'}" in r.stderr
 
 
 BAD_TRAIN = {

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from mirroralign.errors import DataError, UsageError
+from mirroralign.errors import DataError, SimulatorError, UsageError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -216,6 +216,9 @@ def main(argv=None) -> int:
         return 2
     except DataError as err:
         print(f"mirroralign: data error: {err}", file=sys.stderr)
+        return 1
+    except SimulatorError as err:
+        print(f"mirroralign: simulator error: {err}", file=sys.stderr)
         return 1
     except OSError as err:  # disk full, read-only or permission denied while writing: what was written stays
         where = f": {err.filename}" if err.filename else ""

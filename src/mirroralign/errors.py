@@ -1,4 +1,4 @@
-"""The two kinds of failure the command line distinguishes (exit codes 2 and 1)."""
+"""The kinds of failure the command line reports in one line (exit code 2 for bad input, 1 otherwise)."""
 
 
 class UsageError(ValueError):
@@ -7,3 +7,7 @@ class UsageError(ValueError):
 
 class DataError(RuntimeError):
     """Stored data is damaged or not what it claims to be: names the file, exit code 1."""
+
+
+class SimulatorError(RuntimeError):
+    """The simulator failed again and again on one episode (names it): exit code 1."""

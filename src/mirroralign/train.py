@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
@@ -421,6 +422,11 @@ class LoadedRun:
     models: nn.ModuleDict
     step: int
 
+    def require_same_tasks(self, store: EpisodeStore) -> None:
+        """Its models index variations and instructions by position: another dataset must list the same ones."""
+        if [v.id for v in store.variations] != [v.id for v in self.store.variations] or store.texts != self.store.texts:
+            raise UsageError(f"--data has other variations or instructions than the run {self.path} was trained on")
+
 
 def load_run(run: str | Path, checkpoint: str | None = None) -> LoadedRun:
     """A trained run, ready for evaluation: its config, its data and its models (eval mode) at the latest
@@ -430,10 +436,13 @@ def load_run(run: str | Path, checkpoint: str | None = None) -> LoadedRun:
         raise UsageError(f"not a mirroralign run (no run.json): {run}")
     if not (run / CHECKPOINTS / "latest.json").is_file():
         raise UsageError(f"run has no checkpoint yet: {run}")
-    identity = read_json(run / "run.json", "run record")["identity"]
-    config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), identity["config"]))
-    mode = identity["mode"]
-    store = EpisodeStore(identity["data"])
+    try:
+        identity = read_json(run / "run.json", "run record")["identity"]
+        config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), identity["config"]))
+        mode, data = identity["mode"], identity["data"]
+    except (KeyError, TypeError, OmegaConfBaseException) as err:
+        raise DataError(f"run record damaged: {run / 'run.json'} ({type(err).__name__}: {err})") from None
+    store = EpisodeStore(data)
     models = build_models(config, mode, store)
     step = restore(run, models, record=checkpoint or "latest.json")
     return LoadedRun(run, mode, config, store, models.eval(), step)

@@ -9,13 +9,20 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import save as save_safetensors
 
 from mirroralign.analysis.metrics import all_metrics, mutual_knn
 from mirroralign.analysis.probe import probe_scores, recall_at_1, shared_space
 from mirroralign.stats import mann_whitney
 from mirroralign.data.datasets import ObserverClips, to_chw, uniform_indices
-from mirroralign.data.store import EPISODES, EpisodeStore, load_episode_folder, require_writable, write_json_atomic
+from mirroralign.data.store import (
+    EPISODES,
+    EpisodeStore,
+    load_episode_folder,
+    require_writable,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from mirroralign.errors import DataError, UsageError
 from mirroralign.train import CHECKPOINTS, LoadedRun, load_run
 
@@ -53,11 +60,17 @@ def rollout_episodes(eval_dir: Path, store: EpisodeStore) -> tuple[list[dict], l
             raise UsageError(f"rollout {folder} is of variation {meta.get('variation_id')!r}, which --data does not "
                              f"have (evaluated on another dataset?)")
         v = store.variation_index[meta["variation_id"]]
-        episodes.append({"observer": to_chw(arrays[f"observer.{cams['observer'][0]}"]),
-                         "agent": to_chw(np.stack([arrays[f"agent.{c}"] for c in cams["agent"]], axis=1)),
-                         "proprio": arrays["proprio"], "length": int(meta["steps"]), "variation": v,
-                         "text_index": store.canonical_text[v]})
-        success.append(bool(meta["success"]))
+        try:  # checksums cover the arrays, not what meta.json says about them
+            episode = {"observer": to_chw(arrays[f"observer.{cams['observer'][0]}"]),
+                       "agent": to_chw(np.stack([arrays[f"agent.{c}"] for c in cams["agent"]], axis=1)),
+                       "proprio": arrays["proprio"], "length": int(meta["steps"]), "variation": v,
+                       "text_index": store.canonical_text[v]}
+            if not 0 < episode["length"] == len(episode["proprio"]) - 1 == len(episode["observer"]) - 1:
+                raise ValueError(f"{episode['length']} steps but {len(episode['proprio'])} frames")
+            success.append(bool(meta["success"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise DataError(f"rollout {folder} is damaged ({type(err).__name__}: {err})") from None
+        episodes.append(episode)
     if not episodes:
         raise UsageError(f"no rollouts in {eval_dir} (run `mirroralign evaluate` on an execute or mirror run)")
     return episodes, success
@@ -71,6 +84,10 @@ def pick_models(runs: list[LoadedRun]) -> tuple:
         by_mode = {r.mode: r for r in runs}
         return by_mode["understand"].models["understanding"], by_mode["execute"].models["execution"]
     raise UsageError(f"analyze takes one mirror run, or an understand run and an execute run (got: {', '.join(modes)})")
+
+
+def understanding_run(runs: list[LoadedRun]) -> LoadedRun:
+    return next(r for r in runs if r.mode in ("mirror", "understand"))
 
 
 def _representations_at(runs: list[LoadedRun], frames, train_eps, test_eps):
@@ -89,11 +106,13 @@ def analyze(run_dirs: list[str | Path], data: str | Path, out: str | Path, rollo
         store = EpisodeStore(data)
     except DataError as err:
         raise UsageError(f"--data is not a verified dataset: {err}") from None
+    for r in runs:
+        r.require_same_tasks(store)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"output path is a file: {out}")
     require_writable(out)
-    frames = runs[0].config.model.understanding.frames
+    frames = understanding_run(runs).config.model.understanding.frames  # the clip length it was trained on
     train_eps, train_groups = split_episodes(store, "train")
     test_eps, test_labels = split_episodes(store, "test")
     if len(test_eps) < 4:
@@ -124,10 +143,11 @@ def analyze(run_dirs: list[str | Path], data: str | Path, out: str | Path, rollo
 
     result["over_training"] = over_training(runs, frames, train_eps, train_groups, test_eps, test_labels, k)
     out.mkdir(parents=True, exist_ok=True)
-    save_file({"understanding": test_u.contiguous(), "execution": test_e.contiguous(),
-               "instruction_id": test_labels, "episode_id": torch.arange(len(test_eps)),
-               "shared_understanding": shared_u.contiguous(), "shared_execution": shared_e.contiguous()},
-              str(out / "representations.safetensors"))
+    (out / "analysis.json").unlink(missing_ok=True)  # written last: a rerun cut short never pairs old with new
+    write_bytes_atomic(out / "representations.safetensors", save_safetensors(
+        {"understanding": test_u.contiguous(), "execution": test_e.contiguous(), "instruction_id": test_labels,
+         "episode_id": torch.arange(len(test_eps)), "shared_understanding": shared_u.contiguous(),
+         "shared_execution": shared_e.contiguous()}))
     write_json_atomic(out / "analysis.json", result)
     return out
 

@@ -24,6 +24,7 @@ from mirroralign.config import Config
 from mirroralign.data.generate import die_with_parent, scene_seed
 from mirroralign.envs import make_env
 from mirroralign.envs.base import Variation
+from mirroralign.errors import SimulatorError
 
 # A fresh worker imports torch and MuJoCo and builds its first environment before it can answer: on a loaded
 # machine that alone can outlast `eval.worker_timeout_s`, which is meant for silence in mid-episode.
@@ -137,7 +138,7 @@ def run_rollouts(policy, store, config: Config, seed: int = 0, episodes: int | N
         episode = slot.episode
         slot.restart()
         if episode.attempts >= 3:
-            raise RuntimeError(f"rollout of {store.variations[episode.variation].id} seed {episode.scene_seed} "
+            raise SimulatorError(f"rollout of {store.variations[episode.variation].id} seed {episode.scene_seed} "
                                f"crashed its worker 3 times")
         todo.appendleft(episode)
         assign(slot)

@@ -54,8 +54,7 @@ def evaluate(run: str | Path, data: str | Path, out: str | Path, view: str | Non
         store = EpisodeStore(data)
     except DataError as err:
         raise UsageError(f"--data is not a verified dataset: {err}") from None
-    if [v.id for v in store.variations] != [v.id for v in loaded.store.variations]:
-        raise UsageError("--data has other variations than the run was trained on")
+    loaded.require_same_tasks(store)
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(p.name not in OUTPUTS for p in out.iterdir())):
         raise UsageError(f"output exists and is not an evaluation directory: {out}")
@@ -67,6 +66,8 @@ def evaluate(run: str | Path, data: str | Path, out: str | Path, view: str | Non
         config.eval.workers = workers
     if episodes is not None and episodes <= 0:
         raise UsageError(f"--episodes must be positive, got {episodes}")
+    if workers is not None and workers <= 0:
+        raise UsageError(f"--workers must be positive, got {workers}")
     view = view or store.manifest["cameras"]["observer"][0]
     known = simulator_cameras(store.manifest["simulator"])
     if view not in known:
@@ -94,11 +95,14 @@ def evaluate(run: str | Path, data: str | Path, out: str | Path, view: str | Non
         metrics["recognition_early"] = {**recognition_scores(model, early_videos, labels, ids), "view": view,
                                         "fraction": early}
     out.mkdir(parents=True, exist_ok=True)
+    (out / METRICS).unlink(missing_ok=True)  # first: an interrupted rerun must not leave metrics of old rollouts
     for name in OUTPUTS[1:]:
         shutil.rmtree(out / name, ignore_errors=True)
     if rollouts and "execution" in loaded.models:
-        records, stats = run_rollouts(loaded.models["execution"], store, config, seed=config.data.seed,
-                                      episodes=episodes, progress=progress)
+        # the test scenes of --data (imports have no generator seed: then the run's)
+        seed = store.config.get("data", {}).get("seed", config.data.seed)
+        records, stats = run_rollouts(loaded.models["execution"], store, config, seed=seed, episodes=episodes,
+                                      progress=progress)
         metrics["rollouts"] = {**rollout_metrics(records, store), **stats}
         (out / "videos").mkdir(exist_ok=True)
         for r in records:
