@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -8,7 +9,10 @@ from safetensors.torch import load_file
 
 from mirroralign.analysis.metrics import all_metrics
 from mirroralign.analysis.probe import chance_recall, probe_scores, recall_at_1
+from mirroralign.analysis.run import initialized
+from mirroralign.config import load_config
 from mirroralign.data.store import EpisodeStore, write_episode
+from mirroralign.train import load_run
 
 
 def _split(g, n, d):
@@ -56,7 +60,7 @@ def test_analyze_mirror_run(mirror_run, tiny_dataset, tmp_path):
     assert a["probe"]["r1_u2e"] == pytest.approx(recall_at_1(su, se, labels))
     assert a["probe"]["r1_e2u"] == pytest.approx(recall_at_1(se, su, labels))
     assert set(a["aligner"]) == {"r1_u2e", "r1_e2u"}
-    assert [row["step"] for row in a["over_training"]] == [20]
+    assert [row["step"] for row in a["over_training"]] == [0, 20]  # initialization, then each checkpoint
 
 
 @pytest.mark.parametrize("runs", [["mirror", "mirror"], ["dataset"]])
@@ -103,3 +107,22 @@ def test_analyze_names_a_rollout_whose_meta_disagrees_with_its_arrays(meta_chang
     r = run_cli("analyze", "--runs", mirror_run, "--data", tiny_dataset, "--out", out, "--rollouts", tmp_path / "eval")
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "rollout-0000 is damaged" in r.stderr and not out.exists()
+
+
+def test_initialized_rebuilds_the_weights_training_started_from(tiny_dataset, tmp_path):
+    # one step at a vanishing learning rate: the checkpoint still holds the initial parameters (to ~1e-12)
+    run = tmp_path / "run"
+    r = run_cli("train", "--mode", "mirror", "--data", tiny_dataset, "--preset", "tiny", "train.steps=1",
+                "train.lr=1e-12", "align.lr=1e-12", "train.checkpoint_every=1", "--out", run)
+    assert r.returncode == 0, r.stderr
+    trained = load_run(run)
+    start = initialized(trained)
+    assert start.step == 0 and trained.step == 1
+    after, before = dict(trained.models.named_parameters()), dict(start.models.named_parameters())
+    assert after.keys() == before.keys()
+    for name, value in after.items():
+        torch.testing.assert_close(before[name], value, atol=1e-8, rtol=0, msg=name)
+    # another seed gives other weights: the comparison above can fail
+    other = dict(initialized(replace(trained, config=load_config("tiny", overrides=["train.seed=7"]))).models
+                 .named_parameters())
+    assert any(not torch.allclose(other[n], v) for n, v in after.items())

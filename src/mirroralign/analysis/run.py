@@ -4,6 +4,7 @@ ADIR/representations.safetensors."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from mirroralign.data.store import (
     write_json_atomic,
 )
 from mirroralign.errors import DataError, UsageError
-from mirroralign.train import CHECKPOINTS, LoadedRun, load_run
+from mirroralign.train import CHECKPOINTS, LoadedRun, build_models, load_run
 
 STEPS_PER_EPISODE = 8  # the execution representation of an episode: the mean over this many evenly spaced steps
 
@@ -152,12 +153,19 @@ def analyze(run_dirs: list[str | Path], data: str | Path, out: str | Path, rollo
     return out
 
 
+def initialized(run: LoadedRun) -> LoadedRun:
+    """The run's models as training created them, before step 1 (same seed, same order as `train`)."""
+    torch.manual_seed(run.config.train.seed)
+    return replace(run, models=build_models(run.config, run.mode, run.store).eval(), step=0)
+
+
 def over_training(runs, frames, train_eps, train_groups, test_eps, test_labels, k) -> list[dict]:
-    """The probe's Recall@1 and mutual k-NN at every checkpoint step the run(s) share."""
+    """The probe's Recall@1 and mutual k-NN at initialization (step 0: what the probe finds in untrained
+    models, the baseline for "alignment emerges") and at every checkpoint step the run(s) share."""
     steps = set.intersection(*[{p.name for p in (r.path / CHECKPOINTS).glob("step_*.json")} for r in runs])
     rows = []
-    for name in sorted(steps):
-        at = [load_run(r.path, checkpoint=name) for r in runs]
+    for name in [None, *sorted(steps)]:  # None: initialization
+        at = [initialized(r) if name is None else load_run(r.path, checkpoint=name) for r in runs]
         (tu, te), (su, se) = _representations_at(at, frames, train_eps, test_eps)
         scores, _ = probe_scores(tu, te, train_groups, su, se, test_labels)
         rows.append({"step": at[0].step, "r1_u2e": scores["r1_u2e"], "r1_e2u": scores["r1_e2u"],
