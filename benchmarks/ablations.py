@@ -1,7 +1,7 @@
 """Ablations of the mirror run on the `standard` dataset: positives (episode, task), temperature (0.02, 0.2),
 lambda_align (0.1, 1.0), shared dimension 256; each against the default mirror run (positives by instruction,
-tau 0.1, lambda_align 0.5, dimension 1024) and the independent baseline of the same seed. Also: the probe and
-mutual k-NN at every checkpoint of the independent runs (does alignment emerge during training?).
+tau 0.1, lambda_align 0.5, dimension 1024) and the independent baseline of the same seed. (Whether alignment
+emerges during training is benchmarks/emergence.py.)
 
     python benchmarks/ablations.py [--seeds 0 1] [--root runs/benchmarks] [--data DIR]
 
@@ -14,7 +14,6 @@ benchmarks/results/ablations.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from _common import write_results
@@ -32,12 +31,8 @@ VARIANTS = {
     "lambda_align=1.0": ["align.lambda_align=1.0"],
     "dim=256": ["align.dim=256"],
 }
-METRICS = [("recognition", "recognition"), ("success", "success"), ("probe_r1_u2e", "probe R@1 u->e"),
-           ("mutual_knn", "mutual k-NN")]
-
-
-def over_training(analysis_dir: Path) -> list[dict]:
-    return json.loads((analysis_dir / "analysis.json").read_text())["over_training"]
+METRICS = [("recognition", "recognition"), ("recognition_early", "recognition, first half of clip"),
+           ("success", "success"), ("probe_r1_u2e", "probe R@1 u->e"), ("mutual_knn", "mutual k-NN")]
 
 
 def main() -> None:
@@ -51,19 +46,18 @@ def main() -> None:
     data = args.data or args.root / f"data-{args.preset}"
     generate(config_for(args.preset, 0, []), data)
 
-    baseline, default, emergence = {}, {}, {}
+    baseline, default = {}, {}
     results = {name: {} for name in args.variants}
     for seed in args.seeds:  # seed-major: after the first seed every variant has one point
-        baseline[seed], paths = baseline_arm(args.preset, seed, data, args.root)
-        emergence[seed] = over_training(paths["analysis"])
+        baseline[seed], _ = baseline_arm(args.preset, seed, data, args.root)
         default[seed], _ = mirror_arm(args.preset, seed, DEFAULT, data, args.root)
         for name in args.variants:
             results[name][seed], _ = mirror_arm(args.preset, seed, VARIANTS[name], data, args.root,
                                                 unseen_view=False)
-            write(args, baseline, default, results, emergence)
+            write(args, baseline, default, results)
 
 
-def write(args, baseline: dict, default: dict, results: dict, emergence: dict) -> None:
+def write(args, baseline: dict, default: dict, results: dict) -> None:
     rows, out = [], {}
     for name, per_seed in results.items():
         seeds = sorted(per_seed)
@@ -76,7 +70,7 @@ def write(args, baseline: dict, default: dict, results: dict, emergence: dict) -
         c = out[name]["vs_default_mirror"]
         rows.append((name, " / ".join(pct(c[key]["treatment"]) for key, _ in METRICS),
                      "vs default mirror: " + " / ".join(signed_pct(c[key]["difference"]) for key, _ in METRICS)
-                     + f" ({len(seeds)} seeds)"))
+                     + f" ({len(seeds)} seed{'s' * (len(seeds) > 1)})"))
     seeds = sorted(default)
     reference = {key: seed_ci([default[s][key] for s in seeds]) for key, _ in METRICS}
     rows.insert(0, ("default mirror (instruction, tau 0.1, lambda 0.5, dim 1024)",
@@ -86,9 +80,7 @@ def write(args, baseline: dict, default: dict, results: dict, emergence: dict) -
         "preset": args.preset, "seeds_planned": args.seeds, "metrics": [key for key, _ in METRICS],
         "complete": all(len(r) == len(args.seeds) for r in results.values()),
         "default_overrides": DEFAULT, "default_mirror": {"per_seed": [default[s] for s in seeds], **reference},
-        "variants": out,
-        "emergence": {"about": "probe Recall@1 and mutual k-NN of the independent understand/execute runs at "
-                               "every checkpoint they share", "per_seed": emergence}},
+        "variants": out},
         rows, header=("variant", " / ".join(label for _, label in METRICS) + ", mean [t 95 % CI] over seeds",
                       "paired difference"))
 

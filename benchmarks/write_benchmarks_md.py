@@ -133,46 +133,66 @@ def ablation_section(result: dict | None, claims: list[str]) -> list[str]:
         return lines + ["_Not run yet._", ""]
     status = "complete" if result["complete"] else "PARTIAL"
     lines += [f"Status: **{status}**. Machine: {machine_line(result)}.", "",
-              "| variant | paper (recognition / success) | recognition | success | probe R@1 u->e | "
-              "recognition diff vs default | success diff vs default |", "|---|---|---|---|---|---|---|"]
-    d = result["default_mirror"]
-    per_seed = d["per_seed"]
-    default = {k: seed_ci([s[k] for s in per_seed]) for k in ("recognition", "success", "probe_r1_u2e")}
+              "| variant | paper (recognition / success) | recognition | recognition, first half of clip | "
+              "success | probe R@1 u->e | early-recognition diff vs default | success diff vs default |",
+              "|---|---|---|---|---|---|---|---|"]
+    per_seed = result["default_mirror"]["per_seed"]
+    keys = ("recognition", "recognition_early", "success", "probe_r1_u2e")
+    default = {k: seed_ci([s[k] for s in per_seed]) for k in keys}
     paper_default = PAPER_POSITIVES["instruction"]
     lines.append(f"| default (instruction, tau 0.1, lambda 0.5, dim 1024) | {100 * paper_default[0]:.1f} / "
-                 f"{100 * paper_default[1]:.1f} | {pct(default['recognition'])} | {pct(default['success'])} | "
-                 f"{pct(default['probe_r1_u2e'])} | | |")
+                 f"{100 * paper_default[1]:.1f} | " + " | ".join(pct(default[k]) for k in keys) + " | | |")
     for name, v in result["variants"].items():
         c = v["vs_default_mirror"]
         positives = name.split("=")[1] if name.startswith("positives=") else None
         paper = (f"{100 * PAPER_POSITIVES[positives][0]:.1f} / {100 * PAPER_POSITIVES[positives][1]:.1f}"
                  if positives else "tau 0.1 best on success" if name.startswith("temperature") else "-")
-        lines.append(f"| {name} ({len(v['seeds'])} seeds) | {paper} | {pct(c['recognition']['treatment'])} | "
-                     f"{pct(c['success']['treatment'])} | {pct(c['probe_r1_u2e']['treatment'])} | "
-                     f"{signed_pct(c['recognition']['difference'])} | {signed_pct(c['success']['difference'])} |")
+        lines.append(f"| {name} ({len(v['seeds'])} seed{'s' * (len(v['seeds']) > 1)}) | {paper} | "
+                     + " | ".join(pct(c[k]["treatment"]) for k in keys)
+                     + f" | {signed_pct(c['recognition_early']['difference'])} | "
+                     f"{signed_pct(c['success']['difference'])} |")
     lines.append("")
     for name in ("positives=episode", "positives=task"):
         if name in result["variants"]:
             c = result["variants"][name]["vs_default_mirror"]
-            claims.append(f"Paper: positives by instruction beat {name}. Ours: recognition difference ({name} - "
-                          f"instruction) {signed_pct(c['recognition']['difference'])}, success "
-                          f"{signed_pct(c['success']['difference'])}: {verdict(c['success']['difference'])}.")
+            claims.append(f"Paper: positives by instruction beat {name}. Ours ({name} - instruction): recognition "
+                          f"{signed_pct(c['recognition']['difference'])}, first half of clip "
+                          f"{signed_pct(c['recognition_early']['difference'])} "
+                          f"({verdict(c['recognition_early']['difference'])}), success "
+                          f"{signed_pct(c['success']['difference'])} ({verdict(c['success']['difference'])}).")
     temperatures = [n for n in ("temperature=0.02", "temperature=0.2") if n in result["variants"]]
     if temperatures:
         diffs = [(n, result["variants"][n]["vs_default_mirror"]["success"]["difference"]) for n in temperatures]
         claims.append("Paper: tau 0.1 gives higher success than 0.02 or 0.2. Ours: success difference vs tau 0.1: "
                       + "; ".join(f"{n.split('=')[1]}: {signed_pct(d)}, {verdict(d)}" for n, d in diffs) + ".")
-    emergence = result.get("emergence", {}).get("per_seed", {})
-    if emergence:
-        lines += ["Does alignment emerge during training? Probe Recall@1 (u->e) / mutual k-NN of the independent "
-                  "runs at each checkpoint, per seed:", "",
-                  "| step | " + " | ".join(f"seed {s}" for s in emergence) + " |", "|---|" + "---|" * len(emergence)]
-        steps = [row["step"] for row in next(iter(emergence.values()))]
-        for i, step in enumerate(steps):
-            cells = [f"{100 * rows[i]['r1_u2e']:.1f} / {100 * rows[i]['mutual_knn']:.1f}" if i < len(rows) else ""
-                     for rows in emergence.values()]
-            lines.append(f"| {step} | " + " | ".join(cells) + " |")
-        lines.append("")
+    return lines
+
+
+def emergence_section(result: dict | None, claims: list[str]) -> list[str]:
+    lines = ["## Does alignment emerge during training?", "",
+             "Command: `python benchmarks/emergence.py` (reads the independent runs of the main comparison). Probe "
+             "Recall@1 (u->e) and mutual k-NN of the independent understand and execute runs, from step 0 (the "
+             "models as training initialised them) through every checkpoint.", ""]
+    if result is None:
+        return lines + ["_Not run yet._", ""]
+    per_seed = result["per_seed"]
+    seeds = list(per_seed)
+    lines += ["| step | " + " | ".join(f"seed {s}: R@1 / mutual k-NN" for s in seeds) + " |",
+              "|---|" + "---|" * len(seeds)]
+    steps = [row["step"] for row in per_seed[seeds[0]]["rows"]]
+    for i, step in enumerate(steps):
+        cells = [f"{100 * v['rows'][i]['r1_u2e']:.1f} / {100 * v['rows'][i]['mutual_knn']:.1f}"
+                 if i < len(v["rows"]) else "" for v in per_seed.values()]
+        lines.append(f"| {step}{' (init)' if step == 0 else ''} | " + " | ".join(cells) + " |")
+    chance = per_seed[seeds[0]]["chance"]
+    lines += ["", f"Chance Recall@1: {100 * chance:.1f} %.", ""]
+    first = [v["rows"][0] for v in per_seed.values()]
+    trained = [v["rows"][-1] for v in per_seed.values()]
+    mean = lambda rows, key: 100 * sum(r[key] for r in rows) / len(rows)  # noqa: E731
+    claims.append(f"Alignment over training (independent runs, {len(seeds)} seeds): probe Recall@1 "
+                  f"{mean(first, 'r1_u2e'):.1f} % at initialisation -> {mean(trained, 'r1_u2e'):.1f} % after "
+                  f"training, mutual k-NN {mean(first, 'mutual_knn'):.1f} -> {mean(trained, 'mutual_knn'):.1f} "
+                  f"(chance R@1 {100 * chance:.1f} %).")
     return lines
 
 
@@ -207,7 +227,8 @@ def headline(result: dict | None) -> str:
 def main() -> None:
     main_result, ablations = load("mirror_effect"), load("ablations")
     claims: list[str] = []
-    body = main_section(main_result, claims) + ablation_section(ablations, claims)
+    body = (main_section(main_result, claims) + ablation_section(ablations, claims)
+            + emergence_section(load("emergence"), claims))
     lines = ["# Benchmarks", "",
              "_Generated by `python benchmarks/write_benchmarks_md.py` from `benchmarks/results/*.json`; do not edit "
              "by hand._ Our setting is far smaller than the paper's (Meta-World `mirror10` instead of 18 RLBench "

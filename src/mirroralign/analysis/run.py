@@ -166,8 +166,13 @@ def over_training(runs, frames, train_eps, train_groups, test_eps, test_labels, 
     rows = []
     for name in [None, *sorted(steps)]:  # None: initialization
         at = [initialized(r) if name is None else load_run(r.path, checkpoint=name) for r in runs]
-        (tu, te), (su, se) = _representations_at(at, frames, train_eps, test_eps)
-        scores, _ = probe_scores(tu, te, train_groups, su, se, test_labels)
-        rows.append({"step": at[0].step, "r1_u2e": scores["r1_u2e"], "r1_e2u": scores["r1_e2u"],
-                     "mutual_knn": mutual_knn(su, se, k)})
+        rows.append(alignment_row(at, frames, train_eps, train_groups, test_eps, test_labels, k))
     return rows
+
+
+def alignment_row(runs, frames, train_eps, train_groups, test_eps, test_labels, k) -> dict:
+    """The probe's Recall@1 (a fresh probe on these models' train representations) and mutual k-NN."""
+    (tu, te), (su, se) = _representations_at(runs, frames, train_eps, test_eps)
+    scores, _ = probe_scores(tu, te, train_groups, su, se, test_labels)
+    return {"step": runs[0].step, "r1_u2e": scores["r1_u2e"], "r1_e2u": scores["r1_e2u"],
+            "mutual_knn": mutual_knn(su, se, k)}
