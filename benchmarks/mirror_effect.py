@@ -54,6 +54,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--root", type=Path, default=Path("runs/benchmarks"))
     parser.add_argument("--data", type=Path, help="dataset (default: ROOT/data-PRESET, generated if missing)")
+    parser.add_argument("--rewrite-report", action="store_true",
+                        help="render the seed-0 report again even if benchmarks/results has one (3 MB)")
     args = parser.parse_args()
     data = args.data or args.root / f"data-{args.preset}"
     generate(config_for(args.preset, 0, []), data)  # resumes; returns at once when the dataset is complete
@@ -66,7 +68,7 @@ def main() -> None:
         m, m_paths = mirror_arm(args.preset, seed, ["align.positives=instruction"], data, args.root)
         baseline.append(b)
         mirror.append(m)
-        if i == 0:
+        if i == 0 and (args.rewrite_report or not (RESULTS / "mirror_effect_report.html").is_file()):
             report([*b_paths["evals"], *m_paths["evals"], b_paths["analysis"], m_paths["analysis"]],
                    RESULTS / "mirror_effect_report.html")
         comparison = compare(baseline, mirror)
