@@ -13,7 +13,8 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def _commit(where: Path) -> str:
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=where)
+    # "-dirty": the results came from code with uncommitted changes
+    git = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=where)
     return git.stdout.strip()
 
 

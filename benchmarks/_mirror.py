@@ -13,8 +13,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+from safetensors.torch import load_file
 from scipy import stats as scipy_stats
 
+from mirroralign.analysis.probe import recall_at_1
 from mirroralign.analysis.run import analyze
 from mirroralign.config import Config, load_config
 from mirroralign.evaluate.run import evaluate
@@ -57,7 +59,13 @@ def analyzed(runs: list[Path], data: Path, root: Path, rollouts_of: Path) -> dic
     out = root / "analysis" / "+".join(r.name for r in runs)
     if not (out / "analysis.json").is_file():
         analyze(runs, data, out, rollouts=rollouts_of)
-    return _read(out / "analysis.json")
+    analysis = _read(out / "analysis.json")
+    if "r1_episode_u2e" not in analysis["probe"]:  # made before analyze counted it: from the stored shared space
+        reps = load_file(str(out / "representations.safetensors"))
+        u, e, episode = reps["shared_understanding"], reps["shared_execution"], reps["episode_id"]
+        analysis["probe"].update(r1_episode_u2e=recall_at_1(u, e, episode), r1_episode_e2u=recall_at_1(e, u, episode),
+                                 chance_episode=1 / len(episode))
+    return analysis
 
 
 def arm_metrics(recognition: dict, recognition_unseen: dict | None, rollouts: dict, analysis: dict) -> dict:
@@ -71,6 +79,8 @@ def arm_metrics(recognition: dict, recognition_unseen: dict | None, rollouts: di
         "success": rollouts["rollouts"]["success_rate"],
         "probe_r1_u2e": analysis["probe"]["r1_u2e"],
         "probe_r1_e2u": analysis["probe"]["r1_e2u"],
+        "probe_r1_episode_u2e": analysis["probe"]["r1_episode_u2e"],  # the very episode, not only its instruction
+        "probe_r1_episode_e2u": analysis["probe"]["r1_episode_e2u"],
         "mutual_knn": analysis["mutual_knn"],
         "cka": analysis["cka"],
         "cknna": analysis["cknna"],

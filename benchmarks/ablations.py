@@ -32,7 +32,8 @@ VARIANTS = {
     "dim=256": ["align.dim=256"],
 }
 METRICS = [("recognition", "recognition"), ("recognition_early", "recognition, first half of clip"),
-           ("success", "success"), ("probe_r1_u2e", "probe R@1 u->e"), ("mutual_knn", "mutual k-NN")]
+           ("success", "success"), ("probe_r1_u2e", "probe R@1 u->e"),
+           ("probe_r1_episode_u2e", "probe R@1 u->e, same episode"), ("mutual_knn", "mutual k-NN")]
 
 
 def main() -> None:

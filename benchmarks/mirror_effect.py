@@ -28,6 +28,8 @@ ROWS = [("recognition", "recognition top-1, training view"),
         ("success", "task success (rollouts)"),
         ("probe_r1_u2e", "probe Recall@1 understanding -> execution"),
         ("probe_r1_e2u", "probe Recall@1 execution -> understanding"),
+        ("probe_r1_episode_u2e", "probe Recall@1 understanding -> execution, same episode"),
+        ("probe_r1_episode_e2u", "probe Recall@1 execution -> understanding, same episode"),
         ("mutual_knn", "mutual k-NN (k=10)"),
         ("cknna", "CKNNA (k=10)"),
         ("cka", "CKA (linear)")]

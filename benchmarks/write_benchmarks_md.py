@@ -23,6 +23,8 @@ MAIN_ROWS = [("recognition", "recognition top-1 (training view)"),
              ("recognition_early", "recognition top-1 (first half of each clip)"),
              ("success", "task success"),
              ("probe_r1_u2e", "probe Recall@1 u->e"), ("probe_r1_e2u", "probe Recall@1 e->u"),
+             ("probe_r1_episode_u2e", "probe Recall@1 u->e, same episode"),
+             ("probe_r1_episode_e2u", "probe Recall@1 e->u, same episode"),
              ("mutual_knn", "mutual k-NN"), ("cknna", "CKNNA"), ("cka", "CKA")]
 
 
@@ -54,7 +56,7 @@ def fmt_paper(key: str) -> str:
     if key in PAPER:
         b, m = PAPER[key]
         return f"{100 * b:.1f} -> {100 * m:.1f}"
-    return f"> {100 * PAPER_PROBE_R1:.0f} (spontaneous)" if key.startswith("probe_r1") else "-"
+    return f"> {100 * PAPER_PROBE_R1:.0f} (spontaneous)" if key in ("probe_r1_u2e", "probe_r1_e2u") else "-"
 
 
 def machine_line(result: dict) -> str:
@@ -142,10 +144,10 @@ def ablation_section(result: dict | None, claims: list[str]) -> list[str]:
     status = "complete" if result["complete"] else "PARTIAL"
     lines += [f"Status: **{status}**. Machine: {machine_line(result)}.", "",
               "| variant | paper (recognition / success) | recognition | recognition, first half of clip | "
-              "success | probe R@1 u->e | early-recognition diff vs default | success diff vs default |",
-              "|---|---|---|---|---|---|---|---|"]
+              "success | probe R@1 u->e | probe R@1 u->e, same episode | early-recognition diff vs default | "
+              "success diff vs default |", "|---|---|---|---|---|---|---|---|---|"]
     per_seed = result["default_mirror"]["per_seed"]
-    keys = ("recognition", "recognition_early", "success", "probe_r1_u2e")
+    keys = ("recognition", "recognition_early", "success", "probe_r1_u2e", "probe_r1_episode_u2e")
     default = {k: seed_ci([s[k] for s in per_seed]) for k in keys}
     paper_default = PAPER_POSITIVES["instruction"]
     lines.append(f"| default (instruction, tau 0.1, lambda 0.5, dim 1024) | {100 * paper_default[0]:.1f} / "

@@ -29,6 +29,13 @@ def test_probe_recovers_a_planted_linear_relation_and_finds_none_in_noise():
     scores, _ = probe_scores(u_train, e_train, torch.arange(400), u_test, e_test, labels)
     assert scores["r1_u2e"] > 0.9 and scores["r1_e2u"] > 0.9
     assert scores["chance"] == pytest.approx(0.01)
+    # one label per sample: retrieval by instruction is retrieval by episode
+    assert (scores["r1_episode_u2e"], scores["r1_episode_e2u"]) == (scores["r1_u2e"], scores["r1_e2u"])
+    assert scores["chance_episode"] == pytest.approx(0.01)
+
+    # by hand: both episodes share an instruction and each retrieves the other one's partner
+    a, b = torch.tensor([[1.0, 0.0], [1.0, 0.1]]), torch.tensor([[1.0, 0.1], [1.0, 0.0]])
+    assert recall_at_1(a, b, torch.tensor([0, 0])) == 1.0 and recall_at_1(a, b, torch.arange(2)) == 0.0
 
     labels = torch.arange(100) % 10  # ten instructions, no relation between the two spaces
     noise_train, noise_test = _split(g, 400, 16), _split(g, 100, 16)
@@ -59,6 +66,9 @@ def test_analyze_mirror_run(mirror_run, tiny_dataset, tmp_path):
     su, se, labels = reps["shared_understanding"], reps["shared_execution"], reps["instruction_id"]
     assert a["probe"]["r1_u2e"] == pytest.approx(recall_at_1(su, se, labels))
     assert a["probe"]["r1_e2u"] == pytest.approx(recall_at_1(se, su, labels))
+    episode = reps["episode_id"]
+    assert a["probe"]["r1_episode_u2e"] == pytest.approx(recall_at_1(su, se, episode))
+    assert a["probe"]["r1_episode_e2u"] == pytest.approx(recall_at_1(se, su, episode))
     assert set(a["aligner"]) == {"r1_u2e", "r1_e2u"}
     assert [row["step"] for row in a["over_training"]] == [0, 20]  # initialization, then each checkpoint
 
