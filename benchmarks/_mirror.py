@@ -87,6 +87,7 @@ def arm_metrics(recognition: dict, recognition_unseen: dict | None, rollouts: di
         "success_vs_failure_rank_biserial": sf.get("rank_biserial"),
         "success_vs_failure_p": sf.get("p_value"),
         "_probe_chance": analysis["probe"]["chance"],  # "_": reported, not compared between arms
+        "_probe_chance_episode": analysis["probe"]["chance_episode"],
         "_rollout_outcomes": [bool(e["success"]) for e in  # in scene order, so that two arms pair up
                               sorted(rollouts["rollouts"]["episodes"], key=lambda e: (e["variation_id"], e["k"]))],
     }

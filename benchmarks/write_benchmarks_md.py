@@ -121,8 +121,14 @@ def main_section(result: dict | None, claims: list[str], emergence: dict | None 
                      f"{pct(untrained)}, because it counts a retrieval when the instruction matches, the execution "
                      f"model reads the instruction as input, and even random video features separate our 24 "
                      f"variations; see 'Does alignment emerge during training?'")
-                  + ("; at ceiling, this probe cannot rank finer alignment, mutual k-NN, CKNNA and CKA below can"
+                  + ("; at ceiling, this probe cannot rank finer alignment: the probe by episode, mutual k-NN, CKNNA and CKA can"
                      if probe["mean"] is not None and probe["mean"] >= 0.95 else "") + ".")
+    by_episode = c["probe_r1_episode_u2e"]
+    chance = result["per_seed"]["baseline"][0].get("_probe_chance_episode")
+    claims.append(f"Finer probe, Recall@1 of the very episode (u->e"
+                  + ("" if chance is None else f", chance {100 * chance:.1f} %") + f"): independent pair "
+                  f"{pct(by_episode['baseline'])}, mirror {pct(by_episode['treatment'])}, difference "
+                  f"{signed_pct(by_episode['difference'])}: {verdict(by_episode['difference'])}.")
     early = c["recognition_early"]
     claims.append(f"Recognition from the first half of each clip (our informative recognition metric when the "
                   f"full-clip one is at ceiling): {pct(early['baseline'])} -> {pct(early['treatment'])}, difference "
