@@ -7,18 +7,25 @@ import os
 import platform
 import subprocess
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def _commit(where: Path) -> str:
-    # "-dirty": the results came from code with uncommitted changes
-    git = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=where)
-    return git.stdout.strip()
+    """HEAD's short hash, with "-dirty" when tracked files below `where` (results aside) differ from it."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=where).stdout.strip()
+
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
+    return git("rev-parse", "--short", "HEAD") + ("-dirty" if dirty else "")
 
 
+@lru_cache(maxsize=1)
 def machine() -> dict:
+    """Taken once, when the script starts (see below): the code a process loaded, not the HEAD of the moment it
+    writes its results."""
     import torch
 
     import mirroralign
@@ -28,6 +35,9 @@ def machine() -> dict:
             "cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
             "torch": torch.__version__, "mujoco_gl": os.environ.get("MUJOCO_GL"),
             "commit": _commit(Path(__file__).parent)}
+
+
+machine()
 
 
 def write_results(name: str, results: dict, table: list[tuple[str, str, str]],

@@ -124,7 +124,7 @@ def seed_ci(values) -> dict:
     """Mean and Student-t 95 % CI over seeds (the seed is the unit of replication; with 3 seeds a bootstrap
     interval would be far too narrow)."""
     x = np.asarray([v for v in values if v is not None], dtype=float)
-    if len(x) < 2 or np.all(x == x[0]):  # no spread: a t-interval would be [m, m], claiming certainty
+    if len(x) < 2 or np.ptp(x) < 1e-6:  # no spread (float32 rounding aside): a t-interval would claim certainty
         return {"mean": float(x.mean()) if len(x) else None, "low": None, "high": None, "n": len(x)}
     low, high = scipy_stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=scipy_stats.sem(x))
     return {"mean": float(x.mean()), "low": float(low), "high": float(high), "n": len(x)}

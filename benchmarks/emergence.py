@@ -56,10 +56,10 @@ def main() -> None:
     steps = [r["step"] for r in per_seed[args.seeds[0]]["rows"]]
     table = []
     for i, step in enumerate(steps):
-        cells = [per_seed[s]["rows"][i] for s in args.seeds if i < len(per_seed[s]["rows"])]
+        cells = [per_seed[s]["rows"][i] if i < len(per_seed[s]["rows"]) else None for s in args.seeds]
         table.append((f"{step}{' (initialisation)' if step == 0 else ''}",
-                      " / ".join(f"{100 * c['r1_u2e']:.1f}" for c in cells),
-                      " / ".join(f"{100 * c['mutual_knn']:.1f}" for c in cells)))
+                      " / ".join("-" if c is None else f"{100 * c['r1_u2e']:.1f}" for c in cells),
+                      " / ".join("-" if c is None else f"{100 * c['mutual_knn']:.1f}" for c in cells)))
     seeds = " / ".join(f"seed {s}" for s in args.seeds)
     write_results("emergence", {
         "question": "does alignment between independently trained understand and execute models emerge during "

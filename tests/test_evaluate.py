@@ -12,6 +12,7 @@ from conftest import run_cli
 
 from mirroralign.data.store import EpisodeStore
 from mirroralign.evaluate.recognition import recognition_scores, replay_frames
+from mirroralign.errors import SimulatorError
 from mirroralign.evaluate.rollouts import run_rollouts
 from mirroralign.stats import proportion_ci
 from mirroralign.train import load_run
@@ -83,6 +84,28 @@ def test_rollouts_survive_a_worker_crash_or_hang(mirror_run, fault):
     records, stats = result["out"]
     assert stats["worker_restarts"] >= 1
     assert sorted((r["variation"], r["k"]) for r in records) == [(v, k) for v in range(6) for k in range(2)]
+
+
+def test_an_episode_that_keeps_crashing_its_worker_is_a_simulator_error(mirror_run):
+    loaded = load_run(mirror_run)
+    config = loaded.config
+    config.eval.max_steps, config.eval.workers = 40, 1
+    stop = threading.Event()
+
+    def kill_every_worker():  # each worker dies as soon as it is seen: the episode can never finish
+        while not stop.is_set():
+            for child in multiprocessing.active_children():
+                os.kill(child.pid, signal.SIGKILL)
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill_every_worker)
+    killer.start()
+    try:
+        with pytest.raises(SimulatorError, match="crashed its worker 3 times"):
+            run_rollouts(loaded.models["execution"], loaded.store, config, episodes=1, progress=False)
+    finally:
+        stop.set()
+        killer.join()
 
 
 @pytest.mark.parametrize("args, needle", [

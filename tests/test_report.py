@@ -5,8 +5,11 @@ import shutil
 import subprocess
 import tempfile
 
+import numpy as np
 import pytest
 from conftest import run_cli
+
+from mirroralign.data.store import write_episode
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -77,12 +80,12 @@ RECOGNITION = {"predictions": [0, 1], "labels": [0, 1], "view": "corner", "top5"
                       "recognition": {**RECOGNITION, "labels": [0, 7]}}, "metrics.json"),
     ("metrics.json", {"run": "r", "mode": "execute", "rollouts": {"success_rate": 0.5}}, "metrics.json"),
     ("analysis.json", {"runs": {"mirror": "r"}, "probe": {"r1_u2e": 1.0}}, "analysis.json"),
-    ("metrics.json", {"run": "RUN", "mode": "execute"}, "metrics.jsonl"),  # the run's training log is cut
+    ("metrics.json", {"run": "RUN", "mode": "execute"}, "metrics.jsonl"),  # a line inside the training log is cut
 ])
 def test_report_names_an_input_of_the_wrong_shape(kind, content, damaged, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    (run / "metrics.jsonl").write_text('{"step": 1, "loss_ee": 0.5}\n{"step": 2, "loss_')
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss_ee": 0.5}\n{"step": 2, "loss_\n{"step": 3, "loss_ee": 0.4}\n')
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     (inputs / kind).write_text(json.dumps(content).replace('"RUN"', json.dumps(str(run))))
@@ -90,3 +93,27 @@ def test_report_names_an_input_of_the_wrong_shape(kind, content, damaged, tmp_pa
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert r.stderr.startswith("mirroralign: data error:") and damaged in r.stderr, r.stderr
     assert not (tmp_path / "r.html").exists()
+
+
+def test_report_reads_a_training_log_whose_last_line_is_cut(tmp_path):
+    # a run killed mid-write, or still writing: the last line is partial, as `train` itself expects
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss_ee": 0.5}\n{"step": 2, "loss_ee": 0.4}\n{"step": 3, "lo')
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / "metrics.json").write_text(json.dumps({"run": str(run), "mode": "execute"}))
+    r = run_cli("report", "--inputs", inputs, "--out", tmp_path / "r.html")
+    assert r.returncode == 0, r.stderr
+    assert "<h2>Training</h2>" in (tmp_path / "r.html").read_text()
+
+
+def test_report_names_the_rollout_whose_meta_is_incomplete(tmp_path):
+    inputs = tmp_path / "inputs"
+    rollouts = {"success_rate": 1.0, "ci95": [0.2, 1.0], "n": 1, "per_task": {"reach": {"success_rate": 1.0, "n": 1}}}
+    write_episode(inputs / "rollouts", "reach/rollout-0000", {"observer.corner": np.zeros((3, 8, 8, 3), np.uint8)},
+                  {"success": True})  # a real, checksummed folder whose meta lacks the variation
+    (inputs / "metrics.json").write_text(json.dumps({"run": "r", "mode": "execute", "rollouts": rollouts}))
+    r = run_cli("report", "--inputs", inputs, "--out", tmp_path / "r.html")
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "rollout damaged:" in r.stderr and "rollout-0000" in r.stderr and "variation_id" in r.stderr

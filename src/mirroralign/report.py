@@ -71,9 +71,13 @@ def _reading(path: Path, what: str):
 
 def _representations(path: Path) -> dict:
     try:
-        return load_file(str(path))
+        reps = load_file(str(path))
     except (OSError, SafetensorError) as err:
         raise DataError(f"representations damaged or missing: {path} ({err})") from None
+    missing = {"shared_understanding", "shared_execution", "instruction_id"} - set(reps)
+    if missing:
+        raise DataError(f"representations damaged: {path} (no {', '.join(sorted(missing))})")
+    return reps
 
 
 def load_inputs(paths) -> tuple[list[tuple[Path, dict]], list[tuple[Path, dict]]]:
@@ -131,9 +135,12 @@ def success_section(evals) -> str:
                                     f"{100 * ro['ci95'][1]:.1f}]", ro["n"], ro.get("worker_restarts", 0), str(path)])
             task_rows += [[m["mode"], t, f"{100 * v['success_rate']:.0f} %", v["n"]]
                           for t, v in sorted(ro["per_task"].items())]
-            for folder in sorted((path / "rollouts" / EPISODES).glob("*/rollout-*"))[:: 4][:6]:
+        for folder in sorted((path / "rollouts" / EPISODES).glob("*/rollout-*"))[:: 4][:6]:
+            with _reading(folder, "rollout"):
                 meta, arrays = load_episode_folder(folder)
-                obs = next(k for k in arrays if k.startswith("observer."))
+                obs = next((k for k in arrays if k.startswith("observer.")), None)
+                if obs is None:
+                    raise KeyError("no observer.* array")
                 label = f"{meta['variation_id']} ({'success' if meta['success'] else 'failure'})"
                 gifs.append(f"<figure>{_gif(arrays[obs])}<figcaption>{html.escape(label)}</figcaption></figure>")
     if not rows:
@@ -152,8 +159,9 @@ def analysis_section(analyses) -> str:
     for path, a in analyses:
         with _reading(path / "analysis.json", "analysis"):
             p = a["probe"]
-            rows.append([" + ".join(a["runs"]), p["r1_u2e"], p["r1_e2u"], p["chance"], a["mutual_knn"], a["cka"],
-                         a["unbiased_cka"], a["cknna"], a["k"], p["n_test"]])
+            rows.append([" + ".join(a["runs"]), p["r1_u2e"], p["r1_e2u"], p["chance"],
+                         p.get("r1_episode_u2e", "-"), p.get("r1_episode_e2u", "-"), p.get("chance_episode", "-"),
+                         a["mutual_knn"], a["cka"], a["unbiased_cka"], a["cknna"], a["k"], p["n_test"]])
             reps = _representations(path / "representations.safetensors")
             both = np.concatenate([reps["shared_understanding"], reps["shared_execution"]])
             centred = both - both.mean(0)
@@ -185,9 +193,9 @@ def analysis_section(analyses) -> str:
                 figs.append(_png(fig))
     return ("<h2>Alignment of the two representations</h2><p class='note'>Probe: both models frozen, two linear "
             "maps trained with InfoNCE on train episodes; Recall@1 on test episodes counts a retrieval correct when "
-            "it has the same instruction.</p>"
-            + _table(["runs", "R@1 u→e", "R@1 e→u", "chance", "mutual k-NN", "CKA", "unbiased CKA", "CKNNA", "k",
-                      "n"], rows) + "".join(figs))
+            "it has the same instruction, or, by episode, when it is the very episode.</p>"
+            + _table(["runs", "R@1 u→e", "R@1 e→u", "chance", "by episode u→e", "by episode e→u", "chance",
+                      "mutual k-NN", "CKA", "unbiased CKA", "CKNNA", "k", "n"], rows) + "".join(figs))
 
 
 def training_section(evals, analyses) -> str:
@@ -204,7 +212,12 @@ def training_section(evals, analyses) -> str:
         path = run / "metrics.jsonl"
         if path.is_file():
             with _reading(path, "training log"):
-                rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+                lines = [x for x in path.read_text().splitlines() if x.strip()]
+                rows = [json.loads(x) for x in lines[:-1]]
+                try:
+                    rows.append(json.loads(lines[-1]))
+                except (IndexError, json.JSONDecodeError):
+                    pass  # no line yet, or the last one cut by a kill or still being written: as `train` reads it
                 for key in ("loss_au", "loss_ee", "loss_align"):
                     pts = [(r["step"], r[key]) for r in rows if key in r]
                     if pts:

@@ -57,7 +57,9 @@ def rollout_episodes(eval_dir: Path, store: EpisodeStore) -> tuple[list[dict], l
     episodes, success = [], []
     for folder in sorted((Path(eval_dir) / "rollouts" / EPISODES).glob("*/rollout-*")):
         meta, arrays = load_episode_folder(folder)
-        if meta.get("variation_id") not in store.variation_index:
+        if not isinstance(meta.get("variation_id"), str):
+            raise DataError(f"rollout {folder} is damaged (no variation_id)")
+        if meta["variation_id"] not in store.variation_index:
             raise UsageError(f"rollout {folder} is of variation {meta.get('variation_id')!r}, which --data does not "
                              f"have (evaluated on another dataset?)")
         v = store.variation_index[meta["variation_id"]]
@@ -66,7 +68,8 @@ def rollout_episodes(eval_dir: Path, store: EpisodeStore) -> tuple[list[dict], l
                        "agent": to_chw(np.stack([arrays[f"agent.{c}"] for c in cams["agent"]], axis=1)),
                        "proprio": arrays["proprio"], "length": int(meta["steps"]), "variation": v,
                        "text_index": store.canonical_text[v]}
-            if not 0 < episode["length"] == len(episode["proprio"]) - 1 == len(episode["observer"]) - 1:
+            frames = {len(episode[k]) for k in ("proprio", "observer", "agent")}
+            if not 0 < episode["length"] == min(frames) - 1 == max(frames) - 1:
                 raise ValueError(f"{episode['length']} steps but {len(episode['proprio'])} frames")
             success.append(bool(meta["success"]))
         except (KeyError, TypeError, ValueError) as err:
