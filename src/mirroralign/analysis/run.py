@@ -157,9 +157,12 @@ def analyze(run_dirs: list[str | Path], data: str | Path, out: str | Path, rollo
 
 
 def initialized(run: LoadedRun) -> LoadedRun:
-    """The run's models as training created them, before step 1 (same seed, same order as `train`)."""
-    torch.manual_seed(run.config.train.seed)
-    return replace(run, models=build_models(run.config, run.mode, run.store).eval(), step=0)
+    """The run's models as training created them, before step 1 (same seed, same order as `train`); the
+    caller's random state is left as it was."""
+    with torch.random.fork_rng():
+        torch.manual_seed(run.config.train.seed)
+        models = build_models(run.config, run.mode, run.store)
+    return replace(run, models=models.eval(), step=0)
 
 
 def over_training(runs, frames, train_eps, train_groups, test_eps, test_labels, k) -> list[dict]:
