@@ -82,16 +82,6 @@ def test_analyze_rejects_wrong_runs(mirror_run, tiny_dataset, tmp_path, runs):
     assert not out.exists()
 
 
-def test_analyze_refuses_rollouts_of_another_dataset(mirror_run, tiny_dataset, tmp_path):
-    rollouts = tmp_path / "eval" / "rollouts"  # a real rollout folder, of a variation --data does not have
-    write_episode(rollouts, "elsewhere/rollout-0000", {"proprio": np.zeros((3, 4), np.float32)},
-                  {"variation_id": "elsewhere", "k": 0, "scene_seed": 1, "success": True, "steps": 2})
-    out = tmp_path / "analysis"
-    r = run_cli("analyze", "--runs", mirror_run, "--data", tiny_dataset, "--out", out, "--rollouts", tmp_path / "eval")
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert "'elsewhere', which --data does not have" in r.stderr and not out.exists()
-
-
 def test_analyze_refuses_data_with_other_variations(mirror_run, tmp_path):
     # the models index instructions by position: another suite's data would silently mislabel everything
     other = tmp_path / "other"
@@ -103,6 +93,21 @@ def test_analyze_refuses_data_with_other_variations(mirror_run, tmp_path):
     assert "other variations or instructions than the run" in r.stderr and not out.exists()
 
 
+def _analyze_with_one_rollout(mirror_run, data, tmp_path, arrays: dict, meta: dict):
+    """`analyze --rollouts` on an evaluation holding one real (checksummed) rollout folder; (result, output)."""
+    write_episode(tmp_path / "eval" / "rollouts", f"{meta['variation_id']}/rollout-0000", arrays, meta)
+    out = tmp_path / "analysis"
+    return run_cli("analyze", "--runs", mirror_run, "--data", data, "--out", out, "--rollouts", tmp_path / "eval"), out
+
+
+def test_analyze_refuses_rollouts_of_another_dataset(mirror_run, tiny_dataset, tmp_path):
+    meta = {"variation_id": "elsewhere", "k": 0, "scene_seed": 1, "success": True, "steps": 2}
+    r, out = _analyze_with_one_rollout(mirror_run, tiny_dataset, tmp_path, {"proprio": np.zeros((3, 4), np.float32)},
+                                       meta)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "'elsewhere', which --data does not have" in r.stderr and not out.exists()
+
+
 @pytest.mark.parametrize("meta_change", [{"steps": 9}, {"success": None, "steps": None}], ids=["steps", "missing"])
 def test_analyze_names_a_rollout_whose_meta_disagrees_with_its_arrays(meta_change, mirror_run, tiny_dataset,
                                                                       tmp_path):
@@ -111,10 +116,8 @@ def test_analyze_names_a_rollout_whose_meta_disagrees_with_its_arrays(meta_chang
     meta = {"variation_id": store.variations[0].id, "k": 0, "scene_seed": 1, "success": True,
             "steps": len(arrays["proprio"]) - 1}
     meta = {k: v for k, v in {**meta, **meta_change}.items() if v is not None}
-    write_episode(tmp_path / "eval" / "rollouts", f"{meta['variation_id']}/rollout-0000",
-                  {k: v for k, v in arrays.items() if k != "actions"}, meta)
-    out = tmp_path / "analysis"
-    r = run_cli("analyze", "--runs", mirror_run, "--data", tiny_dataset, "--out", out, "--rollouts", tmp_path / "eval")
+    r, out = _analyze_with_one_rollout(mirror_run, tiny_dataset, tmp_path,
+                                       {k: v for k, v in arrays.items() if k != "actions"}, meta)
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "rollout-0000 is damaged" in r.stderr and not out.exists()
 
