@@ -55,8 +55,12 @@ def evaluated(run: Path, data: Path, root: Path, view: str | None = None, rollou
     return _read(out / "metrics.json")
 
 
+def analysis_dir(runs: list[Path], root: Path) -> Path:
+    return root / "analysis" / "+".join(r.name for r in runs)
+
+
 def analyzed(runs: list[Path], data: Path, root: Path, rollouts_of: Path) -> dict:
-    out = root / "analysis" / "+".join(r.name for r in runs)
+    out = analysis_dir(runs, root)
     if not (out / "analysis.json").is_file():
         analyze(runs, data, out, rollouts=rollouts_of)
     analysis = _read(out / "analysis.json")
@@ -102,7 +106,7 @@ def baseline_arm(preset: str, seed: int, data: Path, root: Path) -> tuple[dict, 
     recognition = evaluated(understand, data, root)
     unseen = evaluated(understand, data, root, view=UNSEEN_VIEW)
     analysis = analyzed([understand, execute], data, root, rollouts_of=eval_dir(execute, root))
-    paths = {"runs": [understand, execute], "analysis": root / "analysis" / f"{understand.name}+{execute.name}",
+    paths = {"runs": [understand, execute], "analysis": analysis_dir([understand, execute], root),
              "evals": [eval_dir(execute, root), eval_dir(understand, root), eval_dir(understand, root, UNSEEN_VIEW)]}
     return arm_metrics(recognition, unseen, rollouts, analysis), paths
 
@@ -115,7 +119,7 @@ def mirror_arm(preset: str, seed: int, overrides: list[str], data: Path, root: P
     both = evaluated(mirror, data, root)  # recognition and rollouts from the same run
     unseen = evaluated(mirror, data, root, view=UNSEEN_VIEW, rollouts=False) if unseen_view else None
     analysis = analyzed([mirror], data, root, rollouts_of=eval_dir(mirror, root))
-    paths = {"runs": [mirror], "analysis": root / "analysis" / mirror.name,
+    paths = {"runs": [mirror], "analysis": analysis_dir([mirror], root),
              "evals": [eval_dir(mirror, root)] + ([eval_dir(mirror, root, UNSEEN_VIEW)] if unseen_view else [])}
     return arm_metrics(both, unseen, both, analysis), paths
 

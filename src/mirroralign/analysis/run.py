@@ -60,7 +60,7 @@ def rollout_episodes(eval_dir: Path, store: EpisodeStore) -> tuple[list[dict], l
         if not isinstance(meta.get("variation_id"), str):
             raise DataError(f"rollout {folder} is damaged (no variation_id)")
         if meta["variation_id"] not in store.variation_index:
-            raise UsageError(f"rollout {folder} is of variation {meta.get('variation_id')!r}, which --data does not "
+            raise UsageError(f"rollout {folder} is of variation {meta['variation_id']!r}, which --data does not "
                              f"have (evaluated on another dataset?)")
         v = store.variation_index[meta["variation_id"]]
         try:  # checksums cover the arrays, not what meta.json says about them

@@ -68,11 +68,11 @@ def evaluate(run: str | Path, data: str | Path, out: str | Path, view: str | Non
         raise UsageError(f"--episodes must be positive, got {episodes}")
     if workers is not None and workers <= 0:
         raise UsageError(f"--workers must be positive, got {workers}")
-    view = view or store.manifest["cameras"]["observer"][0]
+    observers = store.manifest["cameras"]["observer"]
+    view = view or observers[0]
     known = simulator_cameras(store.manifest["simulator"])
     if view not in known:
         raise UsageError(f"unknown camera {view!r} (known: {', '.join(known)})")
-    observers = store.manifest["cameras"]["observer"]
     if "understanding" in loaded.models and view not in observers and any(
             store.episodes[e]["scene_seed"] is None for e in store.episode_ids("test")):
         # another view is re-rendered by replaying each episode from its scene seed; imports have none
