@@ -93,11 +93,36 @@ def test_analyze_refuses_data_with_other_variations(mirror_run, tmp_path):
     assert "other variations or instructions than the run" in r.stderr and not out.exists()
 
 
-def _analyze_with_one_rollout(mirror_run, data, tmp_path, arrays: dict, meta: dict):
-    """`analyze --rollouts` on an evaluation holding one real (checksummed) rollout folder; (result, output)."""
+def _analyze_with_one_rollout(mirror_run, data, tmp_path, arrays: dict, meta: dict, evaluated: dict | None = None):
+    """`analyze --rollouts` on an evaluation holding one real (checksummed) rollout folder and `evaluated` as its
+    metrics.json (default: an evaluation of the run's latest checkpoint; {}: none); (result, output)."""
     write_episode(tmp_path / "eval" / "rollouts", f"{meta['variation_id']}/rollout-0000", arrays, meta)
+    if evaluated is None:
+        latest = json.loads((mirror_run / "checkpoints" / "latest.json").read_text())
+        evaluated = {"run": str(mirror_run), "mode": "mirror", "step": latest["step"],
+                     "checkpoint_sha256": latest["sha256"]}
+    if evaluated:
+        (tmp_path / "eval" / "metrics.json").write_text(json.dumps(evaluated))
     out = tmp_path / "analysis"
     return run_cli("analyze", "--runs", mirror_run, "--data", data, "--out", out, "--rollouts", tmp_path / "eval"), out
+
+
+@pytest.mark.parametrize("evaluated, message", [
+    ({}, "has no metrics.json"),
+    ({"run": "elsewhere", "mode": "execute", "step": 20}, "does not say which checkpoint"),
+    ({"run": "elsewhere", "mode": "execute", "step": 20, "checkpoint_sha256": "0" * 64},
+     "are of elsewhere at step 20, not of the analysed execution model"),
+], ids=["unfinished", "older", "another_checkpoint"])
+def test_analyze_refuses_rollouts_of_another_checkpoint(evaluated, message, mirror_run, tiny_dataset, tmp_path):
+    # success vs failure scores the rollouts with the analysed models: someone else's rollouts would mislead
+    store = EpisodeStore(tiny_dataset)
+    arrays = store.load(store.episode_ids("test")[0])
+    meta = {"variation_id": store.variations[0].id, "k": 0, "scene_seed": 1, "success": True,
+            "steps": len(arrays["proprio"]) - 1}
+    r, out = _analyze_with_one_rollout(mirror_run, tiny_dataset, tmp_path,
+                                       {k: v for k, v in arrays.items() if k != "actions"}, meta, evaluated)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert message in r.stderr and not out.exists()
 
 
 def test_analyze_refuses_rollouts_of_another_dataset(mirror_run, tiny_dataset, tmp_path):

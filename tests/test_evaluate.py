@@ -56,6 +56,12 @@ def test_evaluate_mirror_run_from_an_unseen_view(mirror_run, tiny_dataset, tmp_p
     assert ro["success_rate"] == np.mean(outcomes) and ro["ci95"] == [ci["low"], ci["high"]]
     assert all(e["steps"] <= 40 for e in ro["episodes"])
     assert list((out / "videos").glob("*.mp4")) and (out / "rollouts").is_dir()
+    # it names the weights it evaluated, so analyze can pair these rollouts with the same models
+    assert m["checkpoint_sha256"] == json.loads((mirror_run / "checkpoints" / "latest.json").read_text())["sha256"]
+    r = run_cli("analyze", "--runs", mirror_run, "--data", tiny_dataset, "--out", tmp_path / "a", "--rollouts", out)
+    assert r.returncode == 0, r.stderr
+    sf = json.loads((tmp_path / "a" / "analysis.json").read_text())["success_vs_failure"]
+    assert sorted([True] * len(sf["success_scores"]) + [False] * len(sf["failure_scores"])) == sorted(outcomes)
 
 
 @pytest.mark.parametrize("fault", [signal.SIGKILL, signal.SIGSTOP], ids=["crash", "hang"])

@@ -202,10 +202,10 @@ def training_section(evals, analyses) -> str:
     runs = set()
     for path, m in evals:
         with _reading(path / "metrics.json", "evaluation"):
-            runs.add(Path(m["run"]))
+            runs.add(Path(m["run"]).resolve())  # one run named two ways is plotted once
     for path, a in analyses:
         with _reading(path / "analysis.json", "analysis"):
-            runs |= {Path(r) for r in a["runs"].values()}
+            runs |= {Path(r).resolve() for r in a["runs"].values()}
     fig, ax = plt.subplots(figsize=(7, 3.5))
     plotted = False
     for run in sorted(runs):

@@ -236,9 +236,9 @@ def load_checkpoint_tensors(path: Path, meta: dict, record_path: Path | None = N
 
 
 def restore(run: Path, models: nn.ModuleDict, optimizer: torch.optim.Optimizer | None = None,
-            record: str = "latest.json") -> int:
+            record: str = "latest.json") -> dict:
     """Load the checkpoint that `record` (a JSON record in the run's checkpoints, the latest by default) names
-    into `models` (and `optimizer`); returns its step."""
+    into `models` (and `optimizer`); returns the record (step, file, sha256 of the file)."""
     folder = run / CHECKPOINTS
     record_path = folder / record
     meta = read_checkpoint_record(record_path)
@@ -254,7 +254,7 @@ def restore(run: Path, models: nn.ModuleDict, optimizer: torch.optim.Optimizer |
                 state.setdefault(int(i), {})[key] = v
         optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
         torch.set_rng_state(tensors["rng.torch"])
-    return int(meta["step"])
+    return {**meta, "step": int(meta["step"])}
 
 
 # ------------------------------------------------------------------------------------------------ driver
@@ -339,7 +339,7 @@ def _train(config: Config, mode: str, data: str | Path, out: str | Path, progres
         (run / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
         write_json_atomic(run / "run.json", {**record, "parameters": {
             k: sum(p.numel() for p in m.parameters()) for k, m in models.items()}})
-    start = restore(run, models, optimizer) if (run / CHECKPOINTS / "latest.json").is_file() else 0
+    start = restore(run, models, optimizer)["step"] if (run / CHECKPOINTS / "latest.json").is_file() else 0
     distributed.check_same_on_all_ranks(start, "checkpoint steps", "--out must be one directory that every rank "
                                         "sees (on several machines, a shared file system)", device)
     if rank == 0:
@@ -421,6 +421,7 @@ class LoadedRun:
     store: EpisodeStore  # the dataset the run was trained on
     models: nn.ModuleDict
     step: int
+    checkpoint_sha256: str | None  # identifies the weights (None: untrained); evaluations record it
 
     def require_same_tasks(self, store: EpisodeStore) -> None:
         """Its models index variations and instructions by position: another dataset must list the same ones."""
@@ -444,8 +445,8 @@ def load_run(run: str | Path, checkpoint: str | None = None) -> LoadedRun:
         raise DataError(f"run record damaged: {run / 'run.json'} ({type(err).__name__}: {err})") from None
     store = EpisodeStore(data)
     models = build_models(config, mode, store)
-    step = restore(run, models, record=checkpoint or "latest.json")
-    return LoadedRun(run, mode, config, store, models.eval(), step)
+    record = restore(run, models, record=checkpoint or "latest.json")
+    return LoadedRun(run, mode, config, store, models.eval(), record["step"], record["sha256"])
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

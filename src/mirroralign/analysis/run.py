@@ -20,11 +20,13 @@ from mirroralign.data.store import (
     EPISODES,
     EpisodeStore,
     load_episode_folder,
+    read_json,
     require_writable,
     write_bytes_atomic,
     write_json_atomic,
 )
 from mirroralign.errors import DataError, UsageError
+from mirroralign.evaluate.run import METRICS
 from mirroralign.train import CHECKPOINTS, LoadedRun, build_models, load_run
 
 STEPS_PER_EPISODE = 8  # the execution representation of an episode: the mean over this many evenly spaced steps
@@ -50,6 +52,21 @@ def split_episodes(store: EpisodeStore, split: str) -> tuple[list[dict], torch.T
     for ep in ds.episodes:
         ep["text_index"] = store.canonical_text[ep["variation"]]
     return ds.episodes, torch.tensor([ep["variation"] for ep in ds.episodes])
+
+
+def require_rollouts_of(eval_dir: Path, run: LoadedRun) -> None:
+    """Success vs failure scores rollouts with the analysed models: they must be rollouts of that very checkpoint
+    (an evaluation of another run, or of an earlier checkpoint, would score someone else's successes)."""
+    if not (eval_dir / METRICS).is_file():
+        raise UsageError(f"{eval_dir} has no {METRICS}: not an evaluation, or one cut short (run `mirroralign "
+                         f"evaluate` again)")
+    metrics = read_json(eval_dir / METRICS, "evaluation metrics")
+    if "checkpoint_sha256" not in metrics:
+        raise UsageError(f"{eval_dir / METRICS} does not say which checkpoint it evaluated (written by an older "
+                         f"mirroralign): run `mirroralign evaluate` again")
+    if metrics["checkpoint_sha256"] != run.checkpoint_sha256:
+        raise UsageError(f"the rollouts in {eval_dir} are of {metrics.get('run')} at step {metrics.get('step')}, "
+                         f"not of the analysed execution model ({run.path} at step {run.step})")
 
 
 def rollout_episodes(eval_dir: Path, store: EpisodeStore) -> tuple[list[dict], list[bool]]:
@@ -94,6 +111,10 @@ def understanding_run(runs: list[LoadedRun]) -> LoadedRun:
     return next(r for r in runs if r.mode in ("mirror", "understand"))
 
 
+def execution_run(runs: list[LoadedRun]) -> LoadedRun:
+    return next(r for r in runs if r.mode in ("mirror", "execute"))
+
+
 def _representations_at(runs: list[LoadedRun], frames, train_eps, test_eps):
     u_model, e_model = pick_models(runs)
     return episode_representations(u_model, e_model, train_eps, frames), \
@@ -123,12 +144,13 @@ def analyze(run_dirs: list[str | Path], data: str | Path, out: str | Path, rollo
         raise UsageError(f"the test split has {len(test_eps)} episodes; the metrics need at least 4")
     k = min(k, len(test_eps) - 1)
     if rollouts is not None:  # read (and checked) before any work
+        require_rollouts_of(Path(rollouts), execution_run(runs))
         episodes, success = rollout_episodes(Path(rollouts), store)
 
     (train_u, train_e), (test_u, test_e) = _representations_at(runs, frames, train_eps, test_eps)
     probe, probe_model = probe_scores(train_u, train_e, train_groups, test_u, test_e, test_labels)
     shared_u, shared_e = shared_space(probe_model, test_u, test_e)
-    result = {"runs": {r.mode: str(r.path) for r in runs}, "data": str(store.root), "k": k,
+    result = {"runs": {r.mode: str(r.path.resolve()) for r in runs}, "data": str(store.root), "k": k,
               "probe": probe, **all_metrics(test_u, test_e, k)}
     if runs[0].mode == "mirror":  # retrieval in the space the aligner was trained for
         a, b = runs[0].models["aligner"].project(test_u, test_e)
@@ -162,7 +184,7 @@ def initialized(run: LoadedRun) -> LoadedRun:
     with torch.random.fork_rng():
         torch.manual_seed(run.config.train.seed)
         models = build_models(run.config, run.mode, run.store)
-    return replace(run, models=models.eval(), step=0)
+    return replace(run, models=models.eval(), step=0, checkpoint_sha256=None)
 
 
 def over_training(runs, frames, train_eps, train_groups, test_eps, test_labels, k) -> list[dict]:

@@ -84,7 +84,8 @@ def evaluate(run: str | Path, data: str | Path, out: str | Path, view: str | Non
             check_simulator(store.manifest["simulator"])
         except UsageError as err:
             raise UsageError(f"{err} (--no-rollouts evaluates recognition alone)") from None
-    metrics = {"run": str(loaded.path), "mode": loaded.mode, "step": loaded.step, "data": str(store.root)}
+    metrics = {"run": str(loaded.path.resolve()), "mode": loaded.mode, "step": loaded.step,
+               "checkpoint_sha256": loaded.checkpoint_sha256, "data": str(store.root)}
     ids = [v.id for v in store.variations]
 
     if "understanding" in loaded.models:
