@@ -1,5 +1,6 @@
 import json
 from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from safetensors.torch import load_file
 
 from mirroralign.analysis.metrics import all_metrics
 from mirroralign.analysis.probe import chance_recall, probe_scores, recall_at_1
-from mirroralign.analysis.run import initialized
+from mirroralign.analysis.run import execution_run, initialized
 from mirroralign.config import load_config
 from mirroralign.data.store import EpisodeStore, write_episode
 from mirroralign.train import load_run
@@ -111,18 +112,48 @@ def _analyze_with_one_rollout(mirror_run, data, tmp_path, arrays: dict, meta: di
     ({}, "has no metrics.json"),
     ({"run": "elsewhere", "mode": "execute", "step": 20}, "does not say which checkpoint"),
     ({"run": "elsewhere", "mode": "execute", "step": 20, "checkpoint_sha256": "0" * 64},
-     "are of elsewhere at step 20, not of the analysed execution model"),
+     "are of checkpoint 000000000000 (elsewhere, step 20), not of the analysed execution model"),
 ], ids=["unfinished", "older", "another_checkpoint"])
 def test_analyze_refuses_rollouts_of_another_checkpoint(evaluated, message, mirror_run, tiny_dataset, tmp_path):
     # success vs failure scores the rollouts with the analysed models: someone else's rollouts would mislead
-    store = EpisodeStore(tiny_dataset)
+    r, out = _analyze_with_one_rollout(mirror_run, tiny_dataset, tmp_path, *_one_real_rollout(tiny_dataset),
+                                       evaluated)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert message in r.stderr and not out.exists()
+
+
+def _one_real_rollout(data) -> tuple[dict, dict]:
+    store = EpisodeStore(data)
     arrays = store.load(store.episode_ids("test")[0])
     meta = {"variation_id": store.variations[0].id, "k": 0, "scene_seed": 1, "success": True,
             "steps": len(arrays["proprio"]) - 1}
-    r, out = _analyze_with_one_rollout(mirror_run, tiny_dataset, tmp_path,
-                                       {k: v for k, v in arrays.items() if k != "actions"}, meta, evaluated)
+    return {k: v for k, v in arrays.items() if k != "actions"}, meta
+
+
+def test_analyze_refuses_rollouts_of_an_earlier_checkpoint_of_the_same_run(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    r = run_cli("train", "--mode", "mirror", "--data", tiny_dataset, "--preset", "tiny", "train.steps=40",
+                "train.checkpoint_every=20", "--out", run)
+    assert r.returncode == 0, r.stderr
+    earlier = json.loads((run / "checkpoints" / "step_0000020.json").read_text())
+    evaluated = {"run": str(run.resolve()), "mode": "mirror", "step": 20, "checkpoint_sha256": earlier["sha256"]}
+    r, out = _analyze_with_one_rollout(run, tiny_dataset, tmp_path, *_one_real_rollout(tiny_dataset), evaluated)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert message in r.stderr and not out.exists()
+    assert f"of checkpoint {earlier['sha256'][:12]}" in r.stderr and "step 40)" in r.stderr and not out.exists()
+
+
+def test_analyze_names_a_damaged_checkpoint_sha256(mirror_run, tiny_dataset, tmp_path):
+    evaluated = {"run": str(mirror_run), "mode": "mirror", "step": 20, "checkpoint_sha256": 7}
+    r, out = _analyze_with_one_rollout(mirror_run, tiny_dataset, tmp_path, *_one_real_rollout(tiny_dataset),
+                                       evaluated)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "evaluation metrics damaged" in r.stderr and not out.exists()
+
+
+def test_the_rollouts_of_an_independent_pair_are_the_execute_runs():
+    runs = [SimpleNamespace(mode="understand"), SimpleNamespace(mode="execute")]
+    assert execution_run(runs).mode == "execute" and execution_run(runs[::-1]).mode == "execute"
+    assert execution_run([SimpleNamespace(mode="mirror")]).mode == "mirror"
 
 
 def test_analyze_refuses_rollouts_of_another_dataset(mirror_run, tiny_dataset, tmp_path):

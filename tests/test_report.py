@@ -54,6 +54,19 @@ def test_demo_reuses_what_it_made(demo):
     assert (checkpoint.read_text(), metrics.read_text()) == before
 
 
+def test_demo_evaluates_again_an_evaluation_of_another_checkpoint(demo):
+    # e.g. one left from before its run trained further: the rollouts, and the analysis that scored them, are redone
+    metrics = demo / "eval" / "execute" / "metrics.json"
+    analysis = demo / "analysis" / "independent" / "analysis.json"
+    metrics.write_text(json.dumps({**json.loads(metrics.read_text()), "checkpoint_sha256": "0" * 64}))
+    analysis.write_text("{}")  # kept, the report would refuse it
+    r = run_cli("demo", "--preset", "tiny", "--out", demo)
+    assert r.returncode == 0, r.stderr
+    latest = json.loads((demo / "runs" / "execute" / "checkpoints" / "latest.json").read_text())
+    assert json.loads(metrics.read_text())["checkpoint_sha256"] == latest["sha256"]
+    assert "success_vs_failure" in json.loads(analysis.read_text())
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here (`apt-get install chromium`; .ci/run installs it)")
 def test_report_renders_in_chromium_without_console_errors(demo, tmp_path):
     broken = tmp_path / "broken.html"  # the check itself must see errors when there are some

@@ -12,7 +12,7 @@ from mirroralign.config import load_config
 from mirroralign.data.generate import generate
 from mirroralign.data.store import EpisodeStore
 from mirroralign.errors import DataError
-from mirroralign.evaluate.run import evaluate
+from mirroralign.evaluate.run import evaluate, is_evaluation_of
 from mirroralign.report import report
 from mirroralign.train import MODES, train
 
@@ -34,17 +34,20 @@ def run_demo(preset: str, out: str | Path, timings: dict[str, float] | None = No
         damaged = EpisodeStore(data).verify()
         if damaged:
             raise DataError(f"demo dataset failed verification: {', '.join(damaged)}")
-    runs, evals = {}, {}
+    runs = {}
     for mode in MODES:
         with stage(f"train_{mode}"):
             runs[mode] = train(config, mode, data, out / "runs" / mode)
-    for mode in MODES:
-        evals[mode] = out / "eval" / mode
-        with stage(f"evaluate_{mode}"):
-            if not (evals[mode] / "metrics.json").is_file():
-                evaluate(runs[mode], data, evals[mode])
+    evals = {mode: out / "eval" / mode for mode in MODES}
     analyses = {"independent": ([runs["understand"], runs["execute"]], evals["execute"]),
                 "mirror": ([runs["mirror"]], evals["mirror"])}
+    for mode in MODES:
+        with stage(f"evaluate_{mode}"):
+            if not is_evaluation_of(evals[mode], runs[mode]):
+                for name, (_, rollouts) in analyses.items():  # first: an analysis of the old rollouts is stale
+                    if rollouts == evals[mode]:
+                        (out / "analysis" / name / "analysis.json").unlink(missing_ok=True)
+                evaluate(runs[mode], data, evals[mode])
     for name, (run_dirs, rollouts) in analyses.items():
         with stage(f"analyze_{name}"):
             if not (out / "analysis" / name / "analysis.json").is_file():

@@ -4,6 +4,7 @@ ADIR/representations.safetensors."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -64,9 +65,13 @@ def require_rollouts_of(eval_dir: Path, run: LoadedRun) -> None:
     if "checkpoint_sha256" not in metrics:
         raise UsageError(f"{eval_dir / METRICS} does not say which checkpoint it evaluated (written by an older "
                          f"mirroralign): run `mirroralign evaluate` again")
-    if metrics["checkpoint_sha256"] != run.checkpoint_sha256:
-        raise UsageError(f"the rollouts in {eval_dir} are of {metrics.get('run')} at step {metrics.get('step')}, "
-                         f"not of the analysed execution model ({run.path} at step {run.step})")
+    sha = metrics["checkpoint_sha256"]
+    if not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
+        raise DataError(f"evaluation metrics damaged: {eval_dir / METRICS} (checkpoint_sha256 {sha!r})")
+    if sha != run.checkpoint_sha256:
+        raise UsageError(f"the rollouts in {eval_dir} are of checkpoint {sha[:12]} ({metrics.get('run')}, step "
+                         f"{metrics.get('step')}), not of the analysed execution model: checkpoint "
+                         f"{run.checkpoint_sha256[:12]} ({run.path.resolve()}, step {run.step})")
 
 
 def rollout_episodes(eval_dir: Path, store: EpisodeStore) -> tuple[list[dict], list[bool]]:

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 
 from mirroralign.stats import proportion_ci
-from mirroralign.data.store import EpisodeStore, require_writable, write_episode, write_json_atomic
+from mirroralign.data.store import EpisodeStore, read_json, require_writable, write_episode, write_json_atomic
 from mirroralign.envs import check_simulator, simulator_cameras
 from mirroralign.errors import DataError, UsageError
 from mirroralign.evaluate.recognition import recognition_scores, test_clips
 from mirroralign.evaluate.rollouts import run_rollouts
-from mirroralign.train import load_run
+from mirroralign.train import CHECKPOINTS, load_run
 
 METRICS = "metrics.json"
 OUTPUTS = (METRICS, "rollouts", "videos")  # what an evaluation directory holds; a rerun replaces them
@@ -44,6 +44,15 @@ def rollout_metrics(records: list[dict], store: EpisodeStore) -> dict:
     return {"success_rate": ci["mean"], "ci95": [ci["low"], ci["high"]], "n": len(records),
             "per_variation": rates(by_variation), "per_task": rates(by_task),
             "episodes": [{k: r[k] for k in ("variation_id", "k", "scene_seed", "success", "steps")} for r in records]}
+
+
+def is_evaluation_of(out: Path, run: Path) -> bool:
+    """Whether OUT holds a finished evaluation of RUN's latest checkpoint (a rerun may keep it)."""
+    try:
+        done = read_json(Path(out) / METRICS, "evaluation metrics").get("checkpoint_sha256")
+        return done == read_json(Path(run) / CHECKPOINTS / "latest.json", "checkpoint record").get("sha256")
+    except DataError:  # missing or unreadable: evaluate again
+        return False
 
 
 def evaluate(run: str | Path, data: str | Path, out: str | Path, view: str | None = None,
