@@ -15,7 +15,7 @@ from mirroralign.envs import check_simulator, simulator_cameras
 from mirroralign.errors import DataError, UsageError
 from mirroralign.evaluate.recognition import recognition_scores, test_clips
 from mirroralign.evaluate.rollouts import run_rollouts
-from mirroralign.train import CHECKPOINTS, load_run
+from mirroralign.train import CHECKPOINTS, load_run, read_checkpoint_record
 
 METRICS = "metrics.json"
 OUTPUTS = (METRICS, "rollouts", "videos")  # what an evaluation directory holds; a rerun replaces them
@@ -50,7 +50,7 @@ def is_evaluation_of(out: Path, run: Path) -> bool:
     """Whether OUT holds a finished evaluation of RUN's latest checkpoint (a rerun may keep it)."""
     try:
         done = read_json(Path(out) / METRICS, "evaluation metrics").get("checkpoint_sha256")
-        return done == read_json(Path(run) / CHECKPOINTS / "latest.json", "checkpoint record").get("sha256")
+        return done == read_checkpoint_record(Path(run) / CHECKPOINTS / "latest.json").get("sha256")
     except DataError:  # missing or unreadable: evaluate again
         return False
 
