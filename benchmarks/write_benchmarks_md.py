@@ -226,13 +226,15 @@ def emergence_section(result: dict | None, claims: list[str]) -> list[str]:
 
 def cost_section() -> list[str]:
     lines = ["## Throughput, cost and reliability", ""]
-    for name, command in [("generation", "python benchmarks/generation.py"),
-                          ("training", "python benchmarks/training.py"),
-                          ("evaluation", "python benchmarks/evaluation.py"), ("demo", "python benchmarks/demo.py"),
-                          ("reliability", "python benchmarks/reliability.py")]:
+    for name, command in [("generation", "`python benchmarks/generation.py`"),
+                          ("training", "`python benchmarks/training.py`"),
+                          ("evaluation", "`python benchmarks/evaluation.py --run OUT/runs/execute --episodes 1` "
+                                         "(OUT: the output of the `quick` demo)"),
+                          ("demo", "`python benchmarks/demo.py`"),
+                          ("reliability", "`python benchmarks/reliability.py`")]:
         md = RESULTS / f"{name}.md"
         if md.is_file():
-            lines += [f"### {name}", "", f"Command: `{command}`", "", md.read_text().strip(), ""]
+            lines += [f"### {name}", "", f"Command: {command}", "", md.read_text().strip(), ""]
     return lines
 
 

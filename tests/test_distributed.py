@@ -31,7 +31,7 @@ def test_backend_is_nccl_on_gpus_and_gloo_on_cpus():
     assert distributed.backend_for("cpu") == "gloo"
 
 
-@pytest.mark.parametrize("value", ["0", "-3", "soon"])
+@pytest.mark.parametrize("value", ["0", "-3", "soon", "nan", "inf", "1e30"])
 def test_a_bad_collective_timeout_is_a_usage_error(monkeypatch, value):
     monkeypatch.setenv(distributed.TIMEOUT_ENV, value)
     with pytest.raises(UsageError, match=distributed.TIMEOUT_ENV):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import manifest, run_cli
+from faults import reseal_episode
 
 from mirroralign.data.generate import SPLIT_OFFSET, split_counts
 from mirroralign.data.store import EpisodeStore
@@ -71,20 +72,19 @@ def test_verify_and_loading_catch_damage(dataset_copy, damage):
 
 
 def test_crc32c_codec_catches_damage_even_when_checksums_are_rewritten(dataset_copy):
-    """The zarr chunk checksum is a second line of defence, independent of the manifest's sha256."""
+    """The zarr chunk checksum is a second line of defence, independent of the sha256 records: with every
+    record resealed over the damaged chunk (meta.json, the manifest, manifest.sha256), only crc32c is left."""
     eid = manifest(dataset_copy)["splits"]["train"][0]
     chunk = _chunk_files(dataset_copy, eid)[0]
     data = bytearray(chunk.read_bytes())
     data[len(data) // 2] ^= 0x10
     chunk.write_bytes(bytes(data))
-    from mirroralign.data.store import sha256_file
-
-    m = manifest(dataset_copy)
-    rel = str(chunk.relative_to(dataset_copy / "episodes" / eid))
-    m["episodes"][eid]["files"][rel] = sha256_file(chunk)
-    (dataset_copy / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(DataError, match="damaged"):
+    reseal_episode(dataset_copy, eid)
+    assert run_cli("verify", dataset_copy).returncode == 0  # the sha256 records no longer see the damage
+    with pytest.raises(DataError, match="damaged") as caught:
         EpisodeStore(dataset_copy).load(eid)
+    message = str(caught.value)  # crc32c's own words, not a sha256 record's "does not match its checksum"
+    assert "checksum" in message and "does not match" not in message
 
 
 def test_kill_9_during_generate_then_rerun_gives_the_same_dataset(tiny_dataset, tmp_path):

@@ -3,7 +3,6 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from scipy import stats as sps
 
 from mirroralign.analysis.metrics import all_metrics, cka, cknna, hsic_biased, hsic_unbiased, mutual_knn, unbiased_cka
 from mirroralign.stats import mann_whitney, mean_ci, proportion_ci
@@ -66,20 +65,32 @@ def test_cknna_uses_only_mutual_neighbour_pairs():
         cknna(a, b, 1)
 
 
-def test_bootstrap_ci_and_mann_whitney_match_scipy():
+def test_bootstrap_ci_against_the_exact_bootstrap_distribution():
+    # 5 values have 5^5 equally likely resamples: their means' 2.5 / 97.5 percentiles are the exact percentile
+    # interval, which 10,000 random resamples must approximate
     x = np.array([0.61, 0.72, 0.55, 0.80, 0.67])
+    means = np.array([x[list(idx)].mean() for idx in itertools.product(range(5), repeat=5)])
+    exact_low, exact_high = np.percentile(means, [2.5, 97.5])
     ci = mean_ci(x, seed=0)
-    ref = sps.bootstrap((x,), np.mean, confidence_level=0.95, n_resamples=10_000, method="percentile",
-                        random_state=np.random.default_rng(0)).confidence_interval
-    assert ci["mean"] == pytest.approx(x.mean())
-    assert (ci["low"], ci["high"]) == pytest.approx((ref.low, ref.high))
-    assert ci["low"] < x.mean() < ci["high"]
+    assert ci["mean"] == pytest.approx(x.mean()) and ci["n"] == 5
+    assert ci["low"] == pytest.approx(exact_low, abs=0.005) and ci["high"] == pytest.approx(exact_high, abs=0.005)
+    assert mean_ci([0.4, 0.4, 0.4]) == {"mean": pytest.approx(0.4), "low": pytest.approx(0.4),
+                                         "high": pytest.approx(0.4), "n": 3}
+
+
+def test_mann_whitney_against_the_exact_permutation_distribution():
     a, b = [0.9, 0.8, 0.85, 0.7], [0.1, 0.3, 0.2, 0.75, 0.4]
     mw = mann_whitney(a, b)
-    ref = sps.mannwhitneyu(a, b, alternative="two-sided")
-    assert mw["u"] == ref.statistic and mw["p_value"] == pytest.approx(ref.pvalue)
-    # 19 of the 20 pairs have a above b: rank-biserial = (19 - 1) / 20
-    assert mw["rank_biserial"] == pytest.approx(0.9)
+    assert mw["u"] == 19  # pairs with a above b: 5 + 5 + 5 + 4 (0.7 < 0.75)
+    assert mw["rank_biserial"] == pytest.approx(0.9)  # (19 - 1) / 20
+    # no ties and small samples: the exact two-sided p is the share of the C(9, 4) = 126 ways to split the pooled
+    # values whose U is at least as far from its mean (10) as the observed one
+    pooled = a + b
+    us = [sum(x > y for x in (pooled[i] for i in chosen) for y in (pooled[j] for j in range(9) if j not in chosen))
+          for chosen in itertools.combinations(range(9), 4)]
+    assert len(us) == 126
+    assert mw["p_value"] == pytest.approx(sum(abs(u - 10) >= 9 for u in us) / 126)  # 4 / 126
+    assert mann_whitney([], b)["p_value"] is None
 
 
 def test_wilson_interval_by_hand_and_wide_at_the_bounds():

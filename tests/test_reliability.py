@@ -292,7 +292,9 @@ def test_generate_ctrl_c_then_full_then_read_only_disk_then_resume_equals_uninte
 # cases not already covered by test_bad_input.py and test_train.py (the benchmark runs them all)
 NEW_BAD = ["generate: config file with a python tag", "generate: config file not a mapping",
            "generate: fractions sum above 1", "verify: a file", "train: unknown device", "train: batch of one",
-           "train: config file", "evaluate: missing run", "demo: unknown preset", "suites: unknown flag"]
+           "train: config file", "evaluate: missing run", "demo: unknown preset", "suites: unknown flag",
+           "generate: seed out of range", "train: zero attention heads", "train: zero patch size",
+           "train: seed out of range"]
 
 
 def test_bad_input_to_every_command_exits_2_in_one_line_and_changes_nothing(tiny_dataset, mirror_run, tmp_path):

@@ -18,6 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 from mirroralign.errors import UsageError
 
 PRESETS = ("tiny", "quick", "standard", "full")
+SEED_LIMIT = 2 ** 31  # seeds are scaled (by ~1e6) into per-step and per-scene seeds, which must stay below 2**63
 
 
 @dataclass
@@ -171,12 +172,20 @@ def validate(config: Config) -> None:
         (len(e.agent_cameras) > 0, "env.agent_cameras must name at least one camera"),
         (d.episodes > 0, f"data.episodes must be positive, got {d.episodes}"),
         (d.workers > 0, f"data.workers must be positive, got {d.workers}"),
-        (d.seed >= 0, f"data.seed must be >= 0, got {d.seed}"),
+        (0 <= d.seed < SEED_LIMIT, f"data.seed must be in 0..{SEED_LIMIT - 1}, got {d.seed}"),
         (0 <= d.val_fraction < 1 and 0 <= d.test_fraction < 1 and d.val_fraction + d.test_fraction < 1,
          "data.val_fraction and data.test_fraction must be in [0, 1) and sum below 1"),
     ]
     t, a, u, x = config.train, config.align, config.model.understanding, config.model.execution
+    sizes = {f"model.understanding.{k}": getattr(u, k)
+             for k in ("dim", "heads", "patch", "spatial_layers", "temporal_layers", "embed_dim", "frames")}
+    sizes |= {f"model.execution.{k}": getattr(x, k)
+              for k in ("dim", "heads", "layers", "horizon", "tokens_per_camera")}
+    checks += [(value > 0, f"{key} must be positive, got {value}") for key, value in sizes.items()]
     checks += [
+        (0 <= t.seed < SEED_LIMIT, f"train.seed must be in 0..{SEED_LIMIT - 1}, got {t.seed}"),
+        (u.init_temperature > 0 and u.max_logit_scale > 0,
+         "model.understanding.init_temperature and max_logit_scale must be positive"),
         (t.steps > 0 and t.batch_size > 1, "train.steps must be positive and train.batch_size at least 2"),
         (t.lr > 0 and a.lr > 0 and t.weight_decay >= 0, "learning rates must be positive, weight decay >= 0"),
         (t.warmup_steps >= 0 and t.grad_clip > 0, "train.warmup_steps must be >= 0 and train.grad_clip > 0"),
@@ -187,8 +196,8 @@ def validate(config: Config) -> None:
          f"align.positives must be instruction, episode or task, got {a.positives!r}"),
         (a.temperature > 0 and a.dim > 0, "align.temperature and align.dim must be positive"),
         (a.lambda_ee >= 0 and a.lambda_align >= 0, "align.lambda_ee and align.lambda_align must be >= 0"),
-        (u.dim % u.heads == 0 and x.dim % x.heads == 0, "model dims must be divisible by their heads"),
-        (u.frames > 0 and x.horizon > 0, "model.understanding.frames and model.execution.horizon must be positive"),
+        (u.heads > 0 and x.heads > 0 and u.dim % u.heads == 0 and x.dim % x.heads == 0,  # guarded: all evaluated
+         "model dims must be divisible by their heads"),
         (u.tap_layer in ["last", *[f"spatial.{i}" for i in range(u.spatial_layers)],
                          *[f"temporal.{i}" for i in range(u.temporal_layers)]],
          f"model.understanding.tap_layer must be last, spatial.<i> or temporal.<i> of an existing block, "

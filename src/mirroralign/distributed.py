@@ -22,6 +22,7 @@ from mirroralign.errors import UsageError
 # when a collective waits longer than this. Checkpoints and start-up happen between collectives, so be generous.
 TIMEOUT_ENV = "MIRRORALIGN_DIST_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 600.0
+MAX_TIMEOUT_S = 7 * 24 * 3600  # a week: longer is a typo, and timedelta overflows on inf
 
 
 def active() -> bool:
@@ -51,8 +52,8 @@ def timeout() -> timedelta:
         seconds = float(value)
     except ValueError:
         seconds = -1.0
-    if not seconds > 0:
-        raise UsageError(f"{TIMEOUT_ENV} must be a positive number of seconds, got {value!r}")
+    if not 0 < seconds <= MAX_TIMEOUT_S:  # also refuses nan and inf, which timedelta cannot hold
+        raise UsageError(f"{TIMEOUT_ENV} must be a number of seconds in (0, {MAX_TIMEOUT_S}], got {value!r}")
     return timedelta(seconds=seconds)
 
 

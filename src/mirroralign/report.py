@@ -23,7 +23,13 @@ from safetensors import SafetensorError  # noqa: E402
 from safetensors.numpy import load_file  # noqa: E402
 
 from mirroralign.stats import proportion_ci  # noqa: E402
-from mirroralign.data.store import EPISODES, load_episode_folder, read_json, require_writable  # noqa: E402
+from mirroralign.data.store import (  # noqa: E402
+    EPISODES,
+    load_episode_folder,
+    read_json,
+    require_writable,
+    write_bytes_atomic,
+)
 from mirroralign.errors import DataError, UsageError  # noqa: E402
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
@@ -245,7 +251,5 @@ def report(inputs, out: str | Path) -> Path:
             f"<style>{CSS}</style></head><body><h1>mirroralign report</h1><p class='note'>"
             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC · inputs: "
             f"{html.escape(', '.join(map(str, inputs)))}</p>{body}</body></html>")
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(page)
-    tmp.replace(out)
+    write_bytes_atomic(out, page.encode())
     return out

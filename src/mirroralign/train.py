@@ -37,6 +37,7 @@ from mirroralign.config import Config
 from mirroralign.data.datasets import AgentSteps, ObserverClips, PairedSamples
 from mirroralign.data.store import (
     EpisodeStore,
+    is_atomic_write_leftover,
     json_bytes,
     read_json,
     require_writable,
@@ -270,7 +271,8 @@ def prepare_run(run: Path, config: Config, mode: str, data: Path) -> dict:
         if stored.get("identity") != identity:
             raise UsageError(f"{run} holds a run with a different mode, data or config; use another --out")
         return stored
-    if run.is_dir() and any(run.iterdir()):
+    # a start killed before run.json leaves at most config.yaml and write temporaries: ours to redo
+    if run.is_dir() and any(p.name != "config.yaml" and not is_atomic_write_leftover(p.name) for p in run.iterdir()):
         raise UsageError(f"run directory is not empty and holds no mirroralign run: {run}")
     return {"identity": identity}
 
@@ -336,7 +338,10 @@ def _train(config: Config, mode: str, data: str | Path, out: str | Path, progres
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
     if rank == 0 and not (run / "run.json").is_file():
-        (run / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
+        for leftover in run.iterdir():  # of a start killed before run.json (prepare_run allows only these)
+            if is_atomic_write_leftover(leftover.name):
+                leftover.unlink()
+        write_bytes_atomic(run / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(config)).encode())
         write_json_atomic(run / "run.json", {**record, "parameters": {
             k: sum(p.numel() for p in m.parameters()) for k, m in models.items()}})
     start = restore(run, models, optimizer)["step"] if (run / CHECKPOINTS / "latest.json").is_file() else 0
@@ -461,4 +466,4 @@ def _truncate_metrics(path: Path, step: int) -> None:
             continue  # a line cut by a kill
         if row.get("step", 0) <= step:
             rows.append(line)
-    path.write_text("".join(r + "\n" for r in rows))
+    write_bytes_atomic(path, "".join(r + "\n" for r in rows).encode())  # a kill here must not lose rows

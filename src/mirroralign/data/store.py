@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -52,6 +53,11 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def is_atomic_write_leftover(name: str) -> bool:
+    """The temporary name write_bytes_atomic uses: a file by that name is a write that a kill cut short."""
+    return re.fullmatch(r"\..+\.[0-9a-f]{32}\.tmp", name) is not None
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
