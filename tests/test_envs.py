@@ -43,6 +43,17 @@ def test_same_seed_and_actions_give_identical_images_and_states():
     assert fc[0]["corner"].tobytes() != fa[0]["corner"].tobytes()
 
 
+def test_actions_beyond_the_action_space_are_clipped_by_the_adapter():
+    """The policy returns its chunk unclipped (RLBench poses are in metres); Meta-World's adapter clips to [-1, 1],
+    so an overshooting action does exactly what its clipped self does."""
+    overshoot = np.random.default_rng(1).uniform(-3, 3, size=(15, 4)).astype(np.float32)
+    assert np.abs(overshoot).max() > 1
+    env = make_env("metaworld", "push", image_size=16, render_cameras=["corner"])
+    _, clipped = _rollout(env, PUSH, 7, np.clip(overshoot, -1, 1))
+    _, raw = _rollout(env, PUSH, 7, overshoot)
+    assert all(np.array_equal(x, y) for x, y in zip(clipped, raw))
+
+
 @pytest.mark.parametrize("camera", ["corner", "corner2", "corner3", "corner4", "behindGripper"])
 def test_images_are_upright(camera):
     """Upright means: lifting an object in the world moves it up in the image (to a smaller row)."""

@@ -10,12 +10,14 @@ import pytest
 import torch
 from conftest import run_cli
 
+from mirroralign.config import load_config
 from mirroralign.data.store import EpisodeStore
+from mirroralign.envs import make_env
 from mirroralign.evaluate.recognition import recognition_scores, replay_frames
 from mirroralign.errors import SimulatorError
 from mirroralign.evaluate.rollouts import run_rollouts
 from mirroralign.stats import proportion_ci
-from mirroralign.train import load_run
+from mirroralign.train import build_models, load_run
 
 
 def test_replaying_stored_actions_reproduces_the_stored_frames(tiny_dataset):
@@ -23,6 +25,31 @@ def test_replaying_stored_actions_reproduces_the_stored_frames(tiny_dataset):
     eid = store.episode_ids("test")[0]
     stored = store.load(eid)["observer.corner"]
     assert np.array_equal(replay_frames(store, eid, "corner"), stored)
+
+
+def test_evaluation_renders_at_the_fidelity_of_the_dataset(tmp_path):
+    """A dataset rendered with shadows (env.fidelity=full) is replayed and rolled out with shadows, whatever the
+    run's own config says: recognition and policy see images like the ones they were trained on."""
+    data = tmp_path / "full"
+    r = run_cli("generate", "--preset", "tiny", "--tasks", "reach", "--out", data, "env.fidelity=full")
+    assert r.returncode == 0, r.stderr
+    store = EpisodeStore(data)
+    assert store.fidelity == "full"
+    eid = store.episode_ids("test")[0]
+    stored = store.load(eid)["observer.corner"]
+    assert np.array_equal(replay_frames(store, eid, "corner"), stored)
+
+    meta = store.episodes[eid]
+    variation = store.variation_index[meta["variation"]]
+    fast = make_env("metaworld", "reach", store.manifest["image_size"], ["corner"], "fast")
+    assert not np.array_equal(fast.reset(store.variations[variation], meta["scene_seed"]).images["corner"], stored[0])
+
+    config = load_config("tiny", overrides=["env.fidelity=fast", "eval.max_steps=2", "eval.workers=1"])
+    torch.manual_seed(0)
+    policy = build_models(config, "execute", store)["execution"].eval()
+    records, _ = run_rollouts(policy, store, config, episodes=1, variations=[variation], progress=False)
+    assert records[0]["scene_seed"] == meta["scene_seed"]  # the stored test scene k = 0
+    assert np.array_equal(records[0]["arrays"]["observer.corner"][0], stored[0])
 
 
 def test_recognition_scores_by_hand():

@@ -383,6 +383,34 @@ def test_rlbench18_suite(tmp_path):
     assert r.returncode == 2 and "import-rlbench" in r.stderr and not (tmp_path / "out").exists()
 
 
+def test_predicted_poses_reach_the_controller_in_metres():
+    """RLBench actions are absolute poses (tabletop heights ~0.75-1.5 m): the policy must not clip them to
+    [-1, 1]; the adapter only makes the quaternion a unit one and the open state a value in [0, 1]."""
+    import torch
+
+    from mirroralign.config import ExecutionConfig
+    from mirroralign.envs.rlbench_spec import executable_action
+    from mirroralign.models.execution import ExecutionPolicy
+
+    c = ExecutionConfig(dim=16, heads=2, layers=1, horizon=2, tokens_per_camera=2)
+    policy = ExecutionPolicy(c, n_cameras=1, proprio_dim=15, action_dim=8, text_embeddings=torch.zeros(3, 384))
+    target = torch.tensor([0.3, -0.2, 1.35, 0.0, 0.0, 0.6, 0.8, 1.2])
+    with torch.no_grad():
+        policy.head.weight.zero_()
+        policy.head.bias.copy_(target.repeat(2))
+    batch = {"images": torch.zeros(1, 1, 3, 32, 32, dtype=torch.uint8), "proprio": torch.zeros(1, 15),
+             "text_index": torch.tensor([0])}
+    chunk = policy.eval().act(batch)
+    assert torch.allclose(chunk[0, 0], target)  # as predicted: z = 1.35 m, open 1.2
+
+    a = executable_action(np.array([0.3, -0.2, 1.35, 0.0, 0.0, -1.2, -1.6, 1.2]))
+    assert np.allclose(a[:3], [0.3, -0.2, 1.35])
+    assert np.allclose(a[3:7], [0.0, 0.0, 0.6, 0.8])  # unit length, w >= 0 (q and -q: one rotation)
+    assert a[7] == 1.0
+    assert np.allclose(executable_action(np.zeros(8))[3:7], [0, 0, 0, 1])  # a zero quaternion: no rotation
+    assert executable_action(np.zeros(8))[7] == 0.0
+
+
 # -------------------------------------------------------------------------------------------- live adapter
 
 

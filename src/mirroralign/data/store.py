@@ -255,10 +255,11 @@ class EpisodeStore:
         try:
             self.manifest = m
             self.config = m["config"]
+            self.fidelity = self.config.get("env", {}).get("fidelity", "fast")  # evaluation renders the same way
             self.variations = [Variation.from_dict(v) for v in m["variations"]]
             self.episodes: dict[str, dict] = m["episodes"]
             self.splits: dict[str, list[str]] = m["splits"]
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise DataError(f"manifest damaged: {self.root / MANIFEST} (bad field {err})") from None
         if check_files and (bad := self.damaged_dataset_files()):
             raise DataError(f"dataset file damaged: {bad[0]} does not match its checksum")

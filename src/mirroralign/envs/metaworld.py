@@ -130,7 +130,8 @@ class MetaWorldEnv(Env):
         return self._layout
 
     def step(self, action: np.ndarray, render: bool = True) -> tuple[Observation, float, bool]:
-        self._state_obs, reward, _, _, info = self.raw.step(np.asarray(action, dtype=np.float32))
+        action = np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)  # Meta-World's normalised action space
+        self._state_obs, reward, _, _, info = self.raw.step(action)
         return self._observe(render), float(reward), bool(info["success"])
 
     def expert_action(self) -> np.ndarray:

@@ -13,7 +13,7 @@ import random
 import numpy as np
 
 from mirroralign.envs.base import Env, Observation, Variation
-from mirroralign.envs.rlbench_spec import CAMERAS, RLBENCH18, RLBenchUnavailable, proprio_vector
+from mirroralign.envs.rlbench_spec import CAMERAS, RLBENCH18, RLBenchUnavailable, executable_action, proprio_vector
 from mirroralign.errors import UsageError
 
 try:
@@ -72,7 +72,7 @@ class RLBenchEnv(Env):
 
     def step(self, action: np.ndarray, render: bool = True) -> tuple[Observation, float, bool]:
         try:
-            obs, reward, _ = self._task.step(np.asarray(action, np.float64))
+            obs, reward, _ = self._task.step(executable_action(action))
         except (InvalidActionError, ConfigurationPathError, IKError):
             return self._last, 0.0, False  # an unreachable pose: the robot stays where it is
         self._last = self._observe(obs, render)

@@ -39,6 +39,15 @@ def pose_action(gripper_pose, gripper_open) -> np.ndarray:
     return np.concatenate([canonical_pose(gripper_pose), np.asarray([gripper_open], np.float32)])
 
 
+def executable_action(action) -> np.ndarray:
+    """A predicted action made one the pose controller accepts: a unit quaternion (a regressed one is not) and an
+    open state in [0, 1]. Positions stay as predicted (in metres; an unreachable pose is the planner's to refuse)."""
+    action = np.asarray(action, np.float64).reshape(8)
+    quat = action[3:7] if np.linalg.norm(action[3:7]) > 1e-8 else np.array([0.0, 0.0, 0.0, 1.0])
+    return np.concatenate([canonical_pose(np.concatenate([action[:3], quat])),
+                           [np.clip(action[7], 0.0, 1.0)]]).astype(np.float64)
+
+
 class RLBenchUnavailable(ImportError):
     """RLBench (with PyRep and CoppeliaSim) is not installed here, so the live adapter cannot load."""
 

@@ -20,13 +20,14 @@ from mirroralign.errors import UsageError
 _ENVS: dict = {}  # kept for the life of the process: under OSMesa a collected renderer breaks later ones
 
 
-def replay_frames(store: EpisodeStore, episode_id: str, camera: str, fidelity: str = "fast") -> np.ndarray:
-    """[T+1, H, W, 3] frames of a stored episode re-rendered from `camera` by replaying its actions."""
+def replay_frames(store: EpisodeStore, episode_id: str, camera: str) -> np.ndarray:
+    """[T+1, H, W, 3] frames of a stored episode re-rendered from `camera` by replaying its actions, at the
+    fidelity the dataset was rendered with."""
     meta = store.episodes[episode_id]
     variation = store.variations[store.variation_index[meta["variation"]]]
-    key = (store.manifest["simulator"], variation.task, store.manifest["image_size"], camera, fidelity)
+    key = (store.manifest["simulator"], variation.task, store.manifest["image_size"], camera, store.fidelity)
     if key not in _ENVS:
-        _ENVS[key] = make_env(*key[:3], [camera], fidelity)
+        _ENVS[key] = make_env(*key[:3], [camera], store.fidelity)
     env = _ENVS[key]
     actions = store.load(episode_id)["actions"]
     frames = [env.reset(variation, meta["scene_seed"]).images[camera]]

@@ -111,7 +111,7 @@ def run_rollouts(policy, store, config: Config, seed: int = 0, episodes: int | N
                  variations: list[int] | None = None, progress: bool = True) -> tuple[list[dict], dict]:
     """Roll `policy` out on the test scenes of every variation; returns (records, stats). Each record holds
     variation, k, scene seed, success, steps, and the arrays of the rollout."""
-    e, v = config.env, config.eval
+    v = config.eval
     cams = store.manifest["cameras"]
     agent, observer = cams["agent"], cams["observer"]
     n = v.episodes if episodes is None else episodes
@@ -119,7 +119,7 @@ def run_rollouts(policy, store, config: Config, seed: int = 0, episodes: int | N
                  for i in (variations if variations is not None else range(len(store.variations))) for k in range(n))
     total = len(todo)
     ctx = get_context("spawn")
-    args = (store.manifest["simulator"], store.manifest["image_size"], agent, observer, e.fidelity, v.max_steps)
+    args = (store.manifest["simulator"], store.manifest["image_size"], agent, observer, store.fidelity, v.max_steps)
     slots = [_Slot(ctx, args) for _ in range(min(v.workers, total))]
     records, restarts = [], 0
     device = next(policy.parameters()).device
@@ -207,7 +207,7 @@ def _record(store, ep: Episode, reply: dict) -> dict:
     arrays = {f"observer.{c}": np.stack([f["observer"][i] for f in ep.frames]) for i, c in enumerate(cams["observer"])}
     arrays |= {f"agent.{c}": np.stack([f["agent"][i] for f in ep.frames]) for i, c in enumerate(cams["agent"])}
     arrays["proprio"] = np.stack([f["proprio"] for f in ep.frames])
-    arrays["actions"] = np.stack(ep.actions[: len(ep.frames) - 1]).astype(np.float32)
+    arrays["actions"] = np.stack(ep.actions[: len(ep.frames) - 1]).astype(np.float32)  # as predicted (unclipped)
     return {"variation": ep.variation, "variation_id": store.variations[ep.variation].id, "k": ep.k,
             "scene_seed": ep.scene_seed, "success": bool(reply["success"]), "steps": int(reply["steps"]),
             "arrays": arrays}

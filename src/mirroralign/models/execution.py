@@ -69,8 +69,9 @@ class ExecutionPolicy(nn.Module):
 
     @torch.no_grad()
     def act(self, batch: dict) -> torch.Tensor:
-        """[B, H, A] predicted action chunk, clipped to the action range."""
-        return self.features(batch)[0].clamp(-1, 1)
+        """[B, H, A] predicted action chunk, as predicted: each simulator adapter makes it valid for its action
+        space (Meta-World clips to [-1, 1]; RLBench poses are in metres, where such a clip would be wrong)."""
+        return self.features(batch)[0]
 
     def forward_with_representation(self, batch: dict) -> tuple[torch.Tensor, dict, torch.Tensor]:
         chunk, taps = self.features(batch)
