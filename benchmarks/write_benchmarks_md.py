@@ -151,7 +151,10 @@ def main_section(result: dict | None, claims: list[str], emergence: dict | None 
 def ablation_section(result: dict | None, claims: list[str]) -> list[str]:
     lines = ["## Ablations", "", "Command: `python benchmarks/ablations.py` (seeds 0 1; shares the cache of "
              "mirror_effect.py). Each variant changes one setting of the mirror run; differences are paired by seed "
-             "against the default mirror run.", ""]
+             "against the default mirror run. With `train.clip_window` unset (as here), each step is paired with "
+             "the clip of its whole episode, so positives=episode makes the steps of one episode positives of that "
+             "one clip; it does not pair a step with a time-aligned window around it (`train.clip_window=W` "
+             "would, but it also shortens the clips L_AU trains on, so it is not run here).", ""]
     if result is None:
         return lines + ["_Not run yet._", ""]
     status = "complete" if result["complete"] else "PARTIAL"

@@ -89,6 +89,11 @@ def test_evaluate_mirror_run_from_an_unseen_view(mirror_run, tiny_dataset, tmp_p
     assert r.returncode == 0, r.stderr
     sf = json.loads((tmp_path / "a" / "analysis.json").read_text())["success_vs_failure"]
     assert sorted([True] * len(sf["success_scores"]) + [False] * len(sf["failure_scores"])) == sorted(outcomes)
+    by_variation = {}  # the variations holding both a success and a failure are the ones compared within
+    for e in ro["episodes"]:
+        by_variation.setdefault(e["variation_id"], set()).add(e["success"])
+    both = sorted(v for v, seen in by_variation.items() if seen == {True, False})
+    assert sorted(sf["within_variation"]["per_group"]) == both and sf["within_variation"]["groups"] == len(both)
 
 
 @pytest.mark.parametrize("fault", [signal.SIGKILL, signal.SIGSTOP], ids=["crash", "hang"])

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mirroralign.analysis.metrics import all_metrics, cka, cknna, hsic_biased, hsic_unbiased, mutual_knn, unbiased_cka
-from mirroralign.stats import mann_whitney, mean_ci, proportion_ci
+from mirroralign.stats import mann_whitney, mean_ci, proportion_ci, within_group_difference
 
 
 def test_identical_inputs_score_one():
@@ -91,6 +91,27 @@ def test_mann_whitney_against_the_exact_permutation_distribution():
     assert len(us) == 126
     assert mw["p_value"] == pytest.approx(sum(abs(u - 10) >= 9 for u in us) / 126)  # 4 / 126
     assert mann_whitney([], b)["p_value"] is None
+
+
+def test_within_group_difference_by_hand_and_blind_to_differences_between_groups():
+    scores = [0.9, 0.7, 0.5, 0.2, 0.4, 0.6, 0.8]
+    outcomes = [True, True, False, True, False, False, True]
+    groups = ["a", "a", "a", "b", "b", "b", "c"]  # c has no failure: left out
+    w = within_group_difference(scores, outcomes, groups)
+    assert w["groups"] == 2 and w["positive"] == 1
+    assert w["per_group"] == pytest.approx({"a": 0.8 - 0.5, "b": 0.2 - 0.5})
+    assert w["mean_difference"] == pytest.approx(0.0)
+    # an easy group (succeeds, scores high) and a hard one (fails, scores low): pooled, successes look far better
+    # aligned; within each group they are not
+    scores, outcomes = [0.75] * 4 + [0.25] * 4, [True, True, True, False, True, False, False, False]
+    groups = ["easy"] * 4 + ["hard"] * 4
+    assert mann_whitney([s for s, o in zip(scores, outcomes) if o],
+                        [s for s, o in zip(scores, outcomes) if not o])["rank_biserial"] == pytest.approx(0.5)
+    w = within_group_difference(scores, outcomes, groups)
+    assert w["mean_difference"] == 0 and w["positive"] == 0 and w["p_value"] is None
+    # exact Wilcoxon signed-rank, 5 positive differences: two-sided p = 2 / 2^5
+    w = within_group_difference([1, 0] * 5, [True, False] * 5, [g for g in "abcde" for _ in range(2)])
+    assert w["groups"] == 5 and w["p_value"] == pytest.approx(2 / 32)
 
 
 def test_wilson_interval_by_hand_and_wide_at_the_bounds():

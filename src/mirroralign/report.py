@@ -193,8 +193,13 @@ def analysis_section(analyses) -> str:
                 fig, ax = plt.subplots(figsize=(5.5, 3.5))
                 ax.hist([sv["success_scores"], sv["failure_scores"]], bins=15, label=["success", "failure"])
                 p_value = "n/a" if sv["p_value"] is None else f"{sv['p_value']:.3g}"
-                ax.set(xlabel="alignment score (cosine in the probe's space)",
-                       title=f"success vs failure: Mann-Whitney p = {p_value}")
+                title = f"success vs failure: Mann-Whitney p = {p_value}"
+                if (w := sv.get("within_variation")) and w["groups"]:  # older analyses lack it
+                    w_p = "n/a" if w["p_value"] is None else f"{w['p_value']:.3g}"
+                    title += (f"\nwithin a variation: {w['mean_difference']:+.3f}, higher on successes in "
+                              f"{w['positive']} of {w['groups']} (Wilcoxon p = {w_p})")
+                ax.set(xlabel="alignment score (cosine in the probe's space)", title=title)
+                ax.title.set_fontsize(8)
                 ax.legend()
                 figs.append(_png(fig))
     return ("<h2>Alignment of the two representations</h2><p class='note'>Probe: both models frozen, two linear "

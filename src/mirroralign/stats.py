@@ -1,5 +1,5 @@
 """Statistics for reporting: confidence intervals (Wilson for a rate of 0/1 outcomes, bootstrap for any other
-mean) and the Mann-Whitney U test (SciPy)."""
+mean), the Mann-Whitney U test and a within-group comparison of successes and failures (SciPy)."""
 
 from __future__ import annotations
 
@@ -39,3 +39,17 @@ def mann_whitney(a, b) -> dict:
     res = stats.mannwhitneyu(a, b, alternative="two-sided")
     return {"u": float(res.statistic), "p_value": float(res.pvalue),
             "rank_biserial": float(2 * res.statistic / (len(a) * len(b)) - 1), "n_a": len(a), "n_b": len(b)}
+
+
+def within_group_difference(scores, outcomes, groups) -> dict:
+    """Mean score of successes minus that of failures inside each group holding both, then over those groups
+    (two-sided Wilcoxon signed-rank p). Pooling groups can show a difference that is only between groups (easy
+    tasks succeeding and scoring high); this cannot."""
+    by_group: dict = {}
+    for score, ok, group in zip(scores, outcomes, groups):
+        by_group.setdefault(group, ([], []))[0 if ok else 1].append(float(score))
+    diffs = {g: float(np.mean(ok) - np.mean(bad)) for g, (ok, bad) in sorted(by_group.items()) if ok and bad}
+    values = np.array(list(diffs.values()))
+    p = float(stats.wilcoxon(values).pvalue) if len(values) and np.any(values != 0) else None
+    return {"groups": len(values), "mean_difference": float(values.mean()) if len(values) else None,
+            "positive": int((values > 0).sum()), "p_value": p, "per_group": {str(g): d for g, d in diffs.items()}}

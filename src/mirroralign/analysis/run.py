@@ -15,7 +15,7 @@ from safetensors.torch import save as save_safetensors
 
 from mirroralign.analysis.metrics import all_metrics, mutual_knn
 from mirroralign.analysis.probe import probe_scores, recall_at_1, shared_space
-from mirroralign.stats import mann_whitney
+from mirroralign.stats import mann_whitney, within_group_difference
 from mirroralign.data.datasets import ObserverClips, to_chw, uniform_indices
 from mirroralign.data.store import (
     EPISODES,
@@ -170,7 +170,9 @@ def analyze(run_dirs: list[str | Path], data: str | Path, out: str | Path, rollo
         result["success_vs_failure"] = {"success_scores": ok, "failure_scores": bad,
                                         "mean_success": float(np.mean(ok)) if ok else None,
                                         "mean_failure": float(np.mean(bad)) if bad else None,
-                                        **mann_whitney(ok, bad)}
+                                        **mann_whitney(ok, bad),
+                                        "within_variation": within_group_difference(
+                                            score, success, [store.variations[e["variation"]].id for e in episodes])}
 
     result["over_training"] = over_training(runs, frames, train_eps, train_groups, test_eps, test_labels, k)
     out.mkdir(parents=True, exist_ok=True)
