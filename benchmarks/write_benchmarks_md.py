@@ -144,8 +144,19 @@ def main_section(result: dict | None, claims: list[str], emergence: dict | None 
     sf = [x for x in sf if x is not None]
     if sf:
         claims.append(f"Alignment score on successful vs failed rollouts of the independent pair: rank-biserial "
-                      f"{', '.join(f'{x:+.2f}' for x in sf)} per seed (positive: higher on successes).")
+                      f"{', '.join(f'{x:+.2f}' for x in sf)} per seed (positive: higher on successes)"
+                      + within_variation_clause(load("success_within_variation"), result["seeds"]) + ".")
     return lines
+
+
+def within_variation_clause(within: dict | None, seeds: list[int]) -> str:
+    """Whether the success-failure gap survives inside variations (pooled, task difficulty is mixed in)."""
+    if within is None or within["seeds"] != seeds:
+        return ""
+    parts = [f"{w['mean_difference']:+.3f} ({w['positive']} of {w['groups']} variations, Wilcoxon p "
+             f"{w['p_value']:.2g})" for w in within["per_seed"]["baseline"].values()]
+    return ("; within a variation (successes minus failures of the same variation, so that easy tasks cannot make "
+            f"the gap; `python benchmarks/success_within_variation.py`): {', '.join(parts)} per seed")
 
 
 def ablation_section(result: dict | None, claims: list[str]) -> list[str]:
