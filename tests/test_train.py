@@ -139,26 +139,31 @@ def test_killed_and_resumed_run_equals_the_uninterrupted_one(tiny_dataset, tmp_p
     assert [r["step"] for r in rows] == list(range(5, 61, 5))  # no duplicated or missing rows
 
 
-def test_a_start_killed_before_its_run_record_is_redone(tiny_dataset, tmp_path):
-    """A kill between config.yaml and run.json (or inside their atomic writes) leaves a folder that holds no run
-    yet; the same command then starts it, where a folder holding anything else is refused."""
+def test_a_start_killed_before_its_records_are_written_is_redone(tiny_dataset, tmp_path):
+    """A kill inside the atomic write of run.json leaves only its temporary file, one between run.json and
+    config.yaml leaves no config.yaml: the same command then starts or resumes the run, where a folder holding
+    anything else is refused."""
+    args = ["train", "--mode", "execute", "--data", tiny_dataset, "--preset", "tiny", "train.steps=10"]
     run = tmp_path / "run"
     run.mkdir()
-    (run / "config.yaml").write_text("train:\n  ste")  # as if cut mid-write by an older, non-atomic writer
     leftover = run / f".run.json.{'0' * 32}.tmp"
     leftover.write_text("{")
-    args = ["train", "--mode", "execute", "--data", tiny_dataset, "--preset", "tiny", "train.steps=10", "--out", run]
-    r = run_cli(*args)
+    r = run_cli(*args, "--out", run)
     assert r.returncode == 0, r.stderr
     assert not leftover.exists() and (run / "run.json").is_file()
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["steps"] == 10
 
+    (run / "config.yaml").unlink()
+    r = run_cli(*args, "--out", run)
+    assert r.returncode == 0, r.stderr
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["steps"] == 10
+
     other = tmp_path / "other"
     other.mkdir()
-    (other / "notes.txt").write_text("mine")
-    r = run_cli(*args[:-1], other)
+    (other / "config.yaml").write_text("train:\n  steps: 10\n")  # somebody's own file: kept, not overwritten
+    r = run_cli(*args, "--out", other)
     assert r.returncode == 2 and "holds no mirroralign run" in r.stderr
-    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+    assert sorted(p.name for p in other.iterdir()) == ["config.yaml"]
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(tiny_dataset, tmp_path, monkeypatch):

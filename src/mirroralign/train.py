@@ -271,8 +271,8 @@ def prepare_run(run: Path, config: Config, mode: str, data: Path) -> dict:
         if stored.get("identity") != identity:
             raise UsageError(f"{run} holds a run with a different mode, data or config; use another --out")
         return stored
-    # a start killed before run.json leaves at most config.yaml and write temporaries: ours to redo
-    if run.is_dir() and any(p.name != "config.yaml" and not is_atomic_write_leftover(p.name) for p in run.iterdir()):
+    # a start killed before run.json leaves at most the temporary files of atomic writes: ours to redo
+    if run.is_dir() and any(not is_atomic_write_leftover(p.name) for p in run.iterdir()):
         raise UsageError(f"run directory is not empty and holds no mirroralign run: {run}")
     return {"identity": identity}
 
@@ -338,12 +338,13 @@ def _train(config: Config, mode: str, data: str | Path, out: str | Path, progres
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
     if rank == 0 and not (run / "run.json").is_file():
-        for leftover in run.iterdir():  # of a start killed before run.json (prepare_run allows only these)
+        for leftover in run.iterdir():  # of a start killed before run.json (prepare_run allowed only these)
             if is_atomic_write_leftover(leftover.name):
                 leftover.unlink()
-        write_bytes_atomic(run / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(config)).encode())
         write_json_atomic(run / "run.json", {**record, "parameters": {
             k: sum(p.numel() for p in m.parameters()) for k, m in models.items()}})
+    if rank == 0 and not (run / "config.yaml").is_file():  # after run.json: a kill between is mended here
+        write_bytes_atomic(run / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(config)).encode())
     start = restore(run, models, optimizer)["step"] if (run / CHECKPOINTS / "latest.json").is_file() else 0
     distributed.check_same_on_all_ranks(start, "checkpoint steps", "--out must be one directory that every rank "
                                         "sees (on several machines, a shared file system)", device)
