@@ -66,8 +66,10 @@ def machine_line(result: dict) -> str:
 
 
 def main_section(result: dict | None, claims: list[str], emergence: dict | None = None) -> list[str]:
+    seeds = " ".join(map(str, result["seeds_planned"])) if result else "0 1 2"
     lines = ["## Does explicit alignment help?", "",
-             "Command: `python benchmarks/mirror_effect.py` (seeds 0 1 2; resumable, every run cached by its config).",
+             f"Command: `python benchmarks/mirror_effect.py --seeds {seeds}` (resumable, every run cached by its "
+             f"config).",
              "Baseline = an `understand` run and an `execute` run trained independently; mirror = one `mirror` run "
              "(positives by instruction, tau 0.1, lambda_align 0.5, shared dimension 1024). Same dataset, steps, "
              "batch size and test scenes. One difference besides the alignment loss: the `understand` run draws one "
@@ -212,7 +214,9 @@ def ablation_section(result: dict | None, claims: list[str]) -> list[str]:
 
 def emergence_section(result: dict | None, claims: list[str]) -> list[str]:
     lines = ["## Does alignment emerge during training?", "",
-             "Command: `python benchmarks/emergence.py` (reads the independent runs of the main comparison). Probe "
+             "Command: `python benchmarks/emergence.py"
+             + ("" if result is None else f" --seeds {' '.join(map(str, result['seeds']))}")
+             + "` (reads the independent runs of the main comparison). Probe "
              "Recall@1 (u->e) and mutual k-NN of the independent understand and execute runs, from step 0 (the "
              "models as training initialised them) through every checkpoint.", ""]
     if result is None:
