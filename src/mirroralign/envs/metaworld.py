@@ -34,6 +34,10 @@ BENCHMARK_TASKS = {
 }
 
 _GOAL = slice(3, 6)  # goal tasks lay their random vector out as (object xyz, goal xyz)
+# Every renderer made, never freed: under OSMesa a collected renderer frees the GL objects of whatever context is
+# current and later renders come out garbage. An env is collected whenever the cyclic GC runs (its reset hook
+# refers back to it), so holding the renderer on the env alone does not keep it.
+_RENDERERS: list = []
 
 
 class _LayoutRejected(Exception):
@@ -76,9 +80,8 @@ class MetaWorldEnv(Env):
         if self.render_cameras:
             if fidelity == "fast":
                 env.model.vis.quality.shadowsize = 0
-            # One renderer per env, kept for the life of the process: under OSMesa a collected renderer
-            # frees the GL objects of whatever context is current and later renders come out garbage.
             self._renderer = mujoco.Renderer(env.model, image_size, image_size)
+            _RENDERERS.append(self._renderer)  # kept for the life of the process (see _RENDERERS)
             if fidelity == "fast":
                 self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
                 self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
