@@ -191,8 +191,10 @@ def test_a_rank_that_dies_or_hangs_brings_the_job_down(tiny_dataset, tmp_path, f
     report = (tmp_path / "stderr.txt").read_text()
     root_cause = report[report.index("Root Cause"):]
     assert proc.returncode != 0
-    if fault == "dies":
-        assert "rank      : 1" in root_cause and "Signal 9 (SIGKILL)" in root_cause
+    if fault == "dies":  # torchrun names the first failure it observed: rank 1's death, or rank 0's collective
+        # failing on the closed connection first (a race), which then blames another rank
+        assert ("rank      : 1" in root_cause and "Signal 9 (SIGKILL)" in root_cause) or \
+            ("rank      : 0" in root_cause and "another rank died or hangs" in root_cause), root_cause
     else:
         assert "rank      : 0" in root_cause and "Timed out" in root_cause
         assert "another rank died or hangs" in root_cause
