@@ -102,7 +102,9 @@ def test_rollouts_survive_a_worker_crash_or_hang(mirror_run, fault):
     config = loaded.config
     # a crash is seen at once (the process sentinel); a hang only by the timeout, kept short but not so short
     # that a loaded machine's slow step counts as one
-    config.eval.max_steps, config.eval.workers = 40, 2
+    # episodes long enough (the tiny policy rarely succeeds early) that the kill below lands mid-episode even on
+    # an idle machine: with 40 steps every rollout could be done within the 10 s wait
+    config.eval.max_steps, config.eval.workers = 300, 2
     config.eval.worker_timeout_s = 20.0 if fault == signal.SIGSTOP else 120.0
     result = {}
 
