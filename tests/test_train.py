@@ -121,7 +121,8 @@ def test_killed_and_resumed_run_equals_the_uninterrupted_one(tiny_dataset, tmp_p
     proc = subprocess.Popen([sys.executable, "-m", "mirroralign", *map(str, args), "--out", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 480  # generous: a loaded 2-core machine can be 20x slower than an idle one
-    while not (out / "checkpoints" / "step_0000020.json").exists() and time.time() < deadline:
+    latest = out / "checkpoints" / "latest.json"  # written (atomically) after the checkpoint and its record
+    while not (latest.is_file() and json.loads(latest.read_text())["step"] >= 20) and time.time() < deadline:
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
