@@ -13,7 +13,7 @@ from conftest import run_cli
 from mirroralign.config import load_config
 from mirroralign.data.store import EpisodeStore
 from mirroralign.envs import make_env
-from mirroralign.evaluate.recognition import recognition_scores, replay_frames
+from mirroralign.evaluate.recognition import per_task_top1, recognition_scores, replay_frames
 from mirroralign.errors import SimulatorError
 from mirroralign.evaluate.rollouts import run_rollouts
 from mirroralign.stats import proportion_ci
@@ -58,10 +58,29 @@ def test_recognition_scores_by_hand():
             return torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.3, 0.5], [0.1, 0.8, 0.1], [0.4, 0.5, 0.1]])[: len(batch["video"])]
 
     labels = torch.tensor([0, 1, 1, 0])
-    s = recognition_scores(Fixed(), torch.zeros(4, 2, 3, 8, 8), labels, ["a", "b", "c"], batch_size=4)
+    s = recognition_scores(Fixed(), torch.zeros(4, 2, 3, 8, 8), labels, ["a", "b", "c"], ["t", "t", "u"],
+                           batch_size=4)
     assert s["top1"] == 0.5 and s["top5"] == 1.0 and s["n"] == 4  # 3 classes: every label is in the top 5
     assert s["per_variation"] == {"a": {"top1": 0.5, "top5": 1.0, "n": 2}, "b": {"top1": 0.5, "top5": 1.0, "n": 2}}
     assert s["predictions"] == [0, 2, 1, 1] and s["variation_ids"] == ["a", "b", "c"]
+    # per task: a and b (task t) compete, c (task u, alone) is left out; clip 1 picks b over a (0.3 > 0.2) although
+    # c scored higher overall, clip 3 picks b (0.5 > 0.4) and is wrong: 3 of 4 right among t's two variations
+    assert s["per_task_top1"] == 0.75 and s["chance_per_task"] == 0.5 and s["chance"] == 1 / 3
+    assert s["per_task"] == {"t": {"top1": 0.75, "n": 4, "variations": 2, "chance": 0.5}}
+
+
+def test_per_task_recognition_averages_over_tasks_by_hand():
+    logits = torch.tensor([[0.9, 0.1, 0.0, 0.0, 0.0],   # task p (variations 0, 1): picks 0, right
+                           [0.8, 0.2, 0.0, 0.0, 0.0],   # label 1: picks 0, wrong
+                           [0.0, 0.0, 0.1, 0.2, 0.7],   # task q (2, 3, 4): label 4, picks 4, right
+                           [0.0, 0.9, 0.3, 0.1, 0.2]])  # label 2: variation 1 of task p is ignored, picks 2, right
+    s = per_task_top1(logits, torch.tensor([0, 1, 4, 2]), ["p", "p", "q", "q", "q"])
+    assert s["tasks"]["p"]["top1"] == 0.5 and s["tasks"]["q"]["top1"] == 1.0
+    assert s["top1"] == 0.75  # the mean over tasks, not over clips (which is also 0.75 here: see the next case)
+    assert s["chance"] == pytest.approx((1 / 2 + 1 / 3) / 2)
+    s = per_task_top1(logits[:3], torch.tensor([0, 1, 4]), ["p", "p", "q", "q", "q"])
+    assert s["top1"] == 0.75 and s["tasks"]["q"]["n"] == 1  # over clips it would be 2/3
+    assert per_task_top1(logits, torch.tensor([0, 1, 2, 3]), ["a", "b", "c", "d", "e"])["top1"] is None
 
 
 def test_evaluate_mirror_run_from_an_unseen_view(mirror_run, tiny_dataset, tmp_path):

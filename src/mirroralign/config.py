@@ -15,6 +15,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from mirroralign.envs.views import VIEW_NAMES
 from mirroralign.errors import UsageError
 
 PRESETS = ("tiny", "quick", "standard", "full")
@@ -28,9 +29,17 @@ class EnvConfig:
     # The observer films the action as a spectator (understanding input); the agent cameras are the
     # robot's own views (execution input). They differ by default, as in the paper.
     observer_cameras: list[str] = field(default_factory=lambda: ["corner"])
+    # fixed: the observer is `observer_cameras`; a view distribution of envs/views.py (train, held-out): one free
+    # camera posed per episode from its scene seed, stored under the view's name (replacing observer_cameras)
+    observer_view: str = "fixed"
     agent_cameras: list[str] = field(default_factory=lambda: ["corner3", "gripperPOV"])
     fidelity: str = "fast"  # fast: shadows and reflections off (~3x faster rendering); full: on
     max_steps: int = 300  # an expert episode longer than this counts as a failure
+
+    @property
+    def observers(self) -> list[str]:
+        """The observer cameras an episode records: the named ones, or the one view camera."""
+        return list(self.observer_cameras) if self.observer_view == "fixed" else [self.observer_view]
 
 
 @dataclass
@@ -127,9 +136,11 @@ class Config:
 
     def dataset_identity(self) -> dict:
         """What determines a dataset's content (a resumed `generate` must match it)."""
-        data = asdict(self.data)
+        data, env = asdict(self.data), asdict(self.env)
         data.pop("workers")
-        return {"env": asdict(self.env), "data": data}
+        if env["observer_view"] == "fixed":  # datasets made before views existed keep their identity
+            env.pop("observer_view")
+        return {"env": env, "data": data}
 
 
 def _first_line(err: Exception) -> str:
@@ -167,6 +178,8 @@ def validate(config: Config) -> None:
     checks = [
         (e.image_size >= 8, f"env.image_size must be >= 8, got {e.image_size}"),
         (e.fidelity in ("fast", "full"), f"env.fidelity must be 'fast' or 'full', got {e.fidelity!r}"),
+        (e.observer_view in VIEW_NAMES, f"env.observer_view must be one of {', '.join(VIEW_NAMES)}, got "
+                                        f"{e.observer_view!r}"),
         (0 < e.max_steps <= 500, f"env.max_steps must be in 1..500 (Meta-World's limit), got {e.max_steps}"),
         (len(e.observer_cameras) > 0, "env.observer_cameras must name at least one camera"),
         (len(e.agent_cameras) > 0, "env.agent_cameras must name at least one camera"),

@@ -60,7 +60,11 @@ def select_variations(config: Config) -> list[Variation]:
 def check_config(config: Config) -> list[Variation]:
     """Names the config refers to must exist; returns the selected variations."""
     cameras = simulator_cameras(config.env.simulator)
-    for cam in [*config.env.observer_cameras, *config.env.agent_cameras]:
+    if config.env.observer_view != "fixed" and config.env.simulator != "metaworld":
+        raise UsageError(f"env.observer_view={config.env.observer_view} needs free cameras, which only the "
+                         f"metaworld simulator offers")
+    named = config.env.observer_cameras if config.env.observer_view == "fixed" else []
+    for cam in [*named, *config.env.agent_cameras]:
         if cam not in cameras:
             raise UsageError(f"unknown camera {cam!r} (known: {', '.join(cameras)})")
     return select_variations(config)
@@ -70,7 +74,8 @@ def check_config(config: Config) -> list[Variation]:
 
 def run_expert_episode(env, variation: Variation, seed: int, max_steps: int, observer: list[str],
                        agent: list[str]) -> tuple[dict[str, np.ndarray] | None, int]:
-    """Roll the scripted expert out until success; returns (arrays, steps), arrays None on failure.
+    """Roll the scripted expert out until success; returns (arrays, steps), arrays None on failure. The observer
+    views' poses are `env.observer_poses` after the call.
 
     Observations are recorded before every action and once after the last (T + 1 frames), so the
     observer clip ends on the finished task.
@@ -133,11 +138,13 @@ def collect(job: Job) -> dict:
     env = envs.get(job.variation.task)
     if env is None:
         env = envs[job.variation.task] = make_env(e.simulator, job.variation.task, e.image_size,
-                                                  [*e.observer_cameras, *e.agent_cameras], e.fidelity)
-    arrays, steps = run_expert_episode(env, job.variation, job.scene_seed, e.max_steps, e.observer_cameras,
+                                                  [*e.observers, *e.agent_cameras], e.fidelity)
+    arrays, steps = run_expert_episode(env, job.variation, job.scene_seed, e.max_steps, e.observers,
                                        e.agent_cameras)
     record = {"variation": job.variation.id, "split": job.split, "k": job.k, "scene_seed": job.scene_seed,
               "length": steps}
+    if e.observer_view != "fixed":  # where the observer stood, so anyone can render the episode again
+        record["observer_view"] = env.observer_poses[e.observer_view].to_dict()
     if arrays is None:
         path = root / ATTEMPTS / f"{job.episode_id}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -258,7 +265,8 @@ def _write_manifest(root: Path, config: Config, variations: list[Variation], sta
             attempts[v.id]["failures"] += st["failed"]
             for meta in sorted(st["ok"], key=lambda m: m["k"]):
                 eid = meta["id"]
-                episodes[eid] = {key: meta[key] for key in ("variation", "split", "k", "scene_seed", "length", "files")}
+                keys = ("variation", "split", "k", "scene_seed", "length", "files", "observer_view")
+                episodes[eid] = {key: meta[key] for key in keys if key in meta}
                 episodes[eid]["meta_sha256"] = sha256_file(episode_path(root, eid) / META)
                 splits[s].append(eid)
     # every file outside the episodes has a checksum too (the episodes' are in their entries)
@@ -268,7 +276,7 @@ def _write_manifest(root: Path, config: Config, variations: list[Variation], sta
     write_manifest(root, {
         "format": FORMAT, "version": VERSION, "config": config.dataset_identity(),
         "simulator": e.simulator, "image_size": e.image_size,
-        "cameras": {"observer": list(e.observer_cameras), "agent": list(e.agent_cameras)},
+        "cameras": {"observer": e.observers, "agent": list(e.agent_cameras)}, "observer_view": e.observer_view,
         "variations": [v.to_dict() for v in variations], "episodes_per_split": need,
         "splits": splits, "episodes": episodes, "attempts": attempts,
         "expert_failures": sum(a["failures"] for a in attempts.values()), "files": files,

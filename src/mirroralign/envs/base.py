@@ -58,7 +58,14 @@ class Env(abc.ABC):
     proprio_dim: int
 
     @abc.abstractmethod
-    def reset(self, variation: Variation, scene_seed: int) -> Observation: ...
+    def reset(self, variation: Variation, scene_seed: int, poses: dict | None = None) -> Observation:
+        """Reset to the variation's scene for `scene_seed`. Observer views (`envs.views`) among the render cameras
+        are posed from the scene seed, or from `poses` (view -> ObserverPose, e.g. recorded with an episode)."""
+
+    @property
+    def observer_poses(self) -> dict:
+        """View -> ObserverPose of the current episode, for the view cameras being rendered (none by default)."""
+        return {}
 
     @abc.abstractmethod
     def step(self, action: np.ndarray, render: bool = True) -> tuple[Observation, float, bool]:

@@ -20,6 +20,7 @@ from metaworld.env_dict import ALL_V3_ENVIRONMENTS, MT10_V3, MT50_V3  # noqa: E4
 from metaworld.policies import ENV_POLICY_MAP  # noqa: E402
 
 from mirroralign.envs.base import Env, Observation, Variation  # noqa: E402
+from mirroralign.envs.views import ObserverPose, is_distribution, sample_pose  # noqa: E402
 from mirroralign.errors import UsageError  # noqa: E402
 
 # Meta-World's experts warn on every episode that their gains may be clipped; they are, by design.
@@ -52,9 +53,10 @@ class MetaWorldEnv(Env):
     def __init__(self, task: str, image_size: int = 64, render_cameras=(), fidelity: str = "fast"):
         if task not in TASKS:
             raise UsageError(f"unknown Meta-World task {task!r}")
-        unknown = [c for c in render_cameras if c not in CAMERAS]
+        unknown = [c for c in render_cameras if c not in CAMERAS and not is_distribution(c)]
         if unknown:
-            raise UsageError(f"unknown camera {unknown[0]!r} (Meta-World has: {', '.join(CAMERAS)})")
+            raise UsageError(f"unknown camera {unknown[0]!r} (Meta-World has: {', '.join(CAMERAS)}, and the "
+                             f"observer views of mirroralign.envs.views)")
         self.task = task
         self.render_cameras = tuple(render_cameras)
         env = ALL_V3_ENVIRONMENTS[f"{task}-v3"](width=image_size, height=image_size)
@@ -76,6 +78,8 @@ class MetaWorldEnv(Env):
         self._expert = ENV_POLICY_MAP[f"{task}-v3"]()
         self._state_obs: np.ndarray | None = None
         self._flipped: dict[str, bool] = {}
+        self._poses: dict[str, ObserverPose] = {}
+        self._free_cameras: dict[str, mujoco.MjvCamera] = {}  # observer views: a free camera each, posed per reset
         self._renderer = None
         if self.render_cameras:
             if fidelity == "fast":
@@ -99,7 +103,7 @@ class MetaWorldEnv(Env):
             vec[_GOAL] = glow + u[_GOAL] * (ghigh - glow)
         return vec
 
-    def reset(self, variation: Variation, scene_seed: int) -> Observation:
+    def reset(self, variation: Variation, scene_seed: int, poses: dict | None = None) -> Observation:
         if variation.task != self.task:
             raise ValueError(f"variation {variation.id} is for task {variation.task}, not {self.task}")
         # Meta-World re-reads its random vector until the layout meets the task's constraints (e.g. object
@@ -119,8 +123,16 @@ class MetaWorldEnv(Env):
             raise RuntimeError(f"no valid layout for {variation.id} from scene seed {scene_seed}")
         # Some cameras are mounted upside down; an image is upright when the camera's up axis points up.
         data = self.raw.data
-        self._flipped = {c: bool(data.cam(c).xmat.reshape(3, 3)[2, 1] < 0) for c in self.render_cameras}
+        named = [c for c in self.render_cameras if c in CAMERAS]
+        self._flipped = {c: bool(data.cam(c).xmat.reshape(3, 3)[2, 1] < 0) for c in named}
+        self._poses = {c: (poses or {}).get(c) or sample_pose(c, scene_seed)
+                       for c in self.render_cameras if is_distribution(c)}
+        self._free_cameras = {c: free_camera(pose) for c, pose in self._poses.items()}
         return self._observe()
+
+    @property
+    def observer_poses(self) -> dict[str, ObserverPose]:
+        return dict(self._poses)
 
     def render(self) -> dict[str, np.ndarray]:
         """The configured cameras' current images (upright uint8 [H, W, 3])."""
@@ -147,7 +159,17 @@ class MetaWorldEnv(Env):
     def _observe(self, render: bool = True) -> Observation:
         images = {}
         for cam in self.render_cameras if render else ():
-            self._renderer.update_scene(self.raw.data, camera=cam, scene_option=self._scene_option)
+            self._renderer.update_scene(self.raw.data, camera=self._free_cameras.get(cam, cam),
+                                        scene_option=self._scene_option)
             img = self._renderer.render()
-            images[cam] = np.ascontiguousarray(img[::-1, ::-1]) if self._flipped[cam] else img.copy()
+            images[cam] = np.ascontiguousarray(img[::-1, ::-1]) if self._flipped.get(cam) else img.copy()
         return Observation(images, self._state_obs[:4].astype(np.float32))
+
+
+def free_camera(pose: ObserverPose) -> mujoco.MjvCamera:
+    """A MuJoCo free camera at `pose` (renders upright: its up axis is the world's z)."""
+    cam = mujoco.MjvCamera()
+    cam.type = mujoco.mjtCamera.mjCAMERA_FREE
+    cam.lookat[:] = pose.lookat
+    cam.azimuth, cam.elevation, cam.distance = pose.azimuth, pose.elevation, pose.distance
+    return cam

@@ -58,7 +58,7 @@ class RLBenchEnv(Env):
     def close(self) -> None:
         self._env.shutdown()
 
-    def reset(self, variation: Variation, scene_seed: int) -> Observation:
+    def reset(self, variation: Variation, scene_seed: int, poses: dict | None = None) -> Observation:
         if variation.task != self.task:
             raise ValueError(f"variation {variation.id} is for task {variation.task}, not {self.task}")
         number = int(variation.variant.removeprefix("variation"))

@@ -11,9 +11,9 @@ import numpy as np
 
 from mirroralign.stats import proportion_ci
 from mirroralign.data.store import EpisodeStore, read_json, require_writable, write_episode, write_json_atomic
-from mirroralign.envs import check_simulator, simulator_cameras
+from mirroralign.envs import check_simulator
 from mirroralign.errors import DataError, UsageError
-from mirroralign.evaluate.recognition import recognition_scores, test_clips
+from mirroralign.evaluate.recognition import known_views, recognition_scores, test_clips
 from mirroralign.evaluate.rollouts import run_rollouts
 from mirroralign.train import CHECKPOINTS, load_run, read_checkpoint_record
 
@@ -79,9 +79,9 @@ def evaluate(run: str | Path, data: str | Path, out: str | Path, view: str | Non
         raise UsageError(f"--workers must be positive, got {workers}")
     observers = store.manifest["cameras"]["observer"]
     view = view or observers[0]
-    known = simulator_cameras(store.manifest["simulator"])
+    known = known_views(store.manifest["simulator"])
     if view not in known:
-        raise UsageError(f"unknown camera {view!r} (known: {', '.join(known)})")
+        raise UsageError(f"unknown camera or view {view!r} (known: {', '.join(known)})")
     if "understanding" in loaded.models and view not in observers and any(
             store.episodes[e]["scene_seed"] is None for e in store.episode_ids("test")):
         # another view is re-rendered by replaying each episode from its scene seed; imports have none
@@ -95,14 +95,14 @@ def evaluate(run: str | Path, data: str | Path, out: str | Path, view: str | Non
             raise UsageError(f"{err} (--no-rollouts evaluates recognition alone)") from None
     metrics = {"run": str(loaded.path.resolve()), "mode": loaded.mode, "step": loaded.step,
                "checkpoint_sha256": loaded.checkpoint_sha256, "data": str(store.root)}
-    ids = [v.id for v in store.variations]
+    ids, tasks = [v.id for v in store.variations], [v.task for v in store.variations]
 
     if "understanding" in loaded.models:
         model, frames = loaded.models["understanding"], config.model.understanding.frames
         early = config.eval.early_fraction
         (videos, labels), (early_videos, _) = test_clips(store, view, frames, (1.0, early), progress=progress)
-        metrics["recognition"] = {**recognition_scores(model, videos, labels, ids), "view": view}
-        metrics["recognition_early"] = {**recognition_scores(model, early_videos, labels, ids), "view": view,
+        metrics["recognition"] = {**recognition_scores(model, videos, labels, ids, tasks), "view": view}
+        metrics["recognition_early"] = {**recognition_scores(model, early_videos, labels, ids, tasks), "view": view,
                                         "fraction": early}
     out.mkdir(parents=True, exist_ok=True)
     (out / METRICS).unlink(missing_ok=True)  # first: an interrupted rerun must not leave metrics of old rollouts
