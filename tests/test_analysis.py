@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 
 from mirroralign.analysis.metrics import all_metrics
 from mirroralign.analysis.probe import chance_recall, probe_scores, recall_at_1
-from mirroralign.analysis.run import execution_run, initialized
+from mirroralign.analysis.run import (WINDOWS_PER_EPISODE, agent_steps, episode_representations, execution_run,
+                                      initialized, split_episodes, time_aligned_representations, time_aligned_scores)
 from mirroralign.config import load_config
 from mirroralign.data.store import EpisodeStore, write_episode
 from mirroralign.train import load_run
@@ -72,6 +73,67 @@ def test_analyze_mirror_run(mirror_run, tiny_dataset, tmp_path):
     assert a["probe"]["r1_episode_e2u"] == pytest.approx(recall_at_1(se, su, episode))
     assert set(a["aligner"]) == {"r1_u2e", "r1_e2u"}
     assert [row["step"] for row in a["over_training"]] == [0, 20]  # initialization, then each checkpoint
+    # the controls, and every probe at step 0 as well
+    for probe in ("probe_blind", "probe_time"):
+        for scores in (a[probe], a["at_init"][probe]):
+            assert 0 <= scores["r1_u2e"] <= 1 and 0 <= scores["r1_e2u"] <= 1
+    assert a["probe_blind"]["chance"] == pytest.approx(1 / 6)
+    assert a["probe_time"]["n_test"] == n * WINDOWS_PER_EPISODE and a["probe_time"]["chance"] == 1 / (n * 4)
+    assert a["probe_time"]["chance_episode"] == pytest.approx(1 / n) and a["probe_time"]["window"] == 16
+    assert a["at_init"]["probe"]["chance"] == a["probe"]["chance"]
+    assert a["at_init"]["probe"] != a["probe"]  # other weights, other retrievals (a copy would be equal)
+
+
+def test_the_instruction_blind_probe_feeds_the_null_instruction(mirror_run, tiny_dataset):
+    """Blind, the policy's instruction input is the zero vector whatever the episode's instruction, so its
+    representation cannot depend on the instruction; not blind, it does."""
+    run = load_run(mirror_run)
+    policy, u_model = run.models["execution"], run.models["understanding"]
+    episodes, _ = split_episodes(EpisodeStore(tiny_dataset), "test")
+    seen = []
+    hook = policy.instruction.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].clone()))
+    ep = episodes[0]
+    ts = np.array([0, 3])
+    blind = policy.representation(agent_steps(ep, ts, blind=True))
+    assert len(seen) == 1 and torch.equal(seen[0], torch.zeros(2, 384))
+    other = {**ep, "text_index": ep["text_index"] + 1}  # another instruction's row
+    assert torch.equal(policy.representation(agent_steps(other, ts, blind=True)), blind)
+    assert not torch.equal(policy.representation(agent_steps(other, ts)), policy.representation(agent_steps(ep, ts)))
+    assert not torch.equal(seen[-1], torch.zeros(2, 384))
+    hook.remove()
+    _, e_blind = episode_representations(u_model, policy, episodes[:2], 4, blind=True)
+    _, e_told = episode_representations(u_model, policy, episodes[:2], 4)
+    assert not torch.allclose(e_blind, e_told)
+
+
+def test_time_aligned_pairs_are_the_window_around_each_step(mirror_run, tiny_dataset):
+    run = load_run(mirror_run)
+    episodes, _ = split_episodes(EpisodeStore(tiny_dataset), "test")
+    u, e, episode = time_aligned_representations(run.models["understanding"], run.models["execution"], episodes[:2],
+                                                 4, window=6)
+    assert u.shape == (8, 32) and e.shape == (8, 32) and episode.tolist() == [0] * 4 + [1] * 4
+    ep = episodes[1]  # pair 5 is the second step of episode 1: the clip of the 6-step window around it
+    t = int(np.floor(np.linspace(0, ep["length"] - 1, 4)[1] + 0.5))
+    start = max(0, min(t - 3, ep["length"] - 6))
+    clip = torch.from_numpy(ep["observer"][np.floor(np.linspace(start, start + 6, 4) + 0.5).astype(int)])[None]
+    torch.testing.assert_close(u[5], run.models["understanding"].representation({"video": clip})[0])
+    torch.testing.assert_close(e[5], run.models["execution"].representation(agent_steps(ep, np.array([t])))[0])
+
+
+def test_time_aligned_scores_need_the_very_pair():
+    """A planted one-to-one relation between pairs is found both ways; retrieving the right episode at the wrong
+    time counts for `r1_episode` but not for `r1`."""
+    g = torch.Generator().manual_seed(1)
+    W = torch.randn(12, 10, generator=g)
+    train_u, test_u = torch.randn(300, 12, generator=g), torch.randn(40, 12, generator=g)
+    scores = time_aligned_scores(train_u, train_u @ W, test_u, test_u @ W, torch.arange(40) // 4, window=8)
+    assert scores["r1_u2e"] > 0.9 and scores["r1_e2u"] > 0.9 and scores["r1_episode_u2e"] >= scores["r1_u2e"]
+    assert scores["chance"] == 1 / 40 and scores["chance_episode"] == pytest.approx(0.1)
+    # the execution side only knows the episode (every step of an episode alike): the episode is found, the time not
+    episode_only = (torch.arange(40) // 4)[:, None].float() * torch.ones(1, 10) + 0.01 * torch.randn(40, 10, generator=g)
+    train_episode = (torch.arange(300) // 4)[:, None].float() * torch.ones(1, 10)
+    scores = time_aligned_scores(train_u, train_episode, test_u, episode_only, torch.arange(40) // 4, window=8)
+    assert scores["r1_u2e"] < 0.3
 
 
 @pytest.mark.parametrize("runs", [["mirror", "mirror"], ["dataset"]])

@@ -1,6 +1,16 @@
-"""`mirroralign analyze`: representations of both models on the same episodes, the probe, the metrics,
+"""`mirroralign analyze`: representations of both models on the same episodes, the probes, the metrics,
 success vs failure of rollouts, and the probe over training checkpoints -> ADIR/analysis.json and
-ADIR/representations.safetensors."""
+ADIR/representations.safetensors.
+
+Three probes, each also on the untrained models (step 0), so that "spontaneous alignment" is always shown against
+what initialisation alone gives:
+- `probe`: episode-level, a retrieval counting as right when it has the same instruction (the paper's);
+- `probe_blind`: the same with the execution model fed one fixed null instruction, so what it shares with the
+  understanding model comes from vision and proprioception alone (the normal probe is at its ceiling before
+  training because the policy reads the instruction);
+- `probe_time`: each agent step paired with the observer clip window around the same time; right only when it
+  finds the very episode and window.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +24,9 @@ import torch.nn.functional as F
 from safetensors.torch import save as save_safetensors
 
 from mirroralign.analysis.metrics import all_metrics, mutual_knn
-from mirroralign.analysis.probe import probe_scores, recall_at_1, shared_space
+from mirroralign.analysis.probe import chance_recall, probe_scores, recall_at_1, shared_space, train_probe
 from mirroralign.stats import mann_whitney, within_group_difference
-from mirroralign.data.datasets import ObserverClips, to_chw, uniform_indices
+from mirroralign.data.datasets import ObserverClips, to_chw, uniform_indices, window_bounds
 from mirroralign.data.store import (
     EPISODES,
     EpisodeStore,
@@ -28,13 +38,26 @@ from mirroralign.data.store import (
 )
 from mirroralign.errors import DataError, UsageError
 from mirroralign.evaluate.run import METRICS
+from mirroralign.models.text import TEXT_DIM
 from mirroralign.train import CHECKPOINTS, LoadedRun, build_models, load_run
 
 STEPS_PER_EPISODE = 8  # the execution representation of an episode: the mean over this many evenly spaced steps
+WINDOWS_PER_EPISODE = 4  # the time-aligned probe's (step, clip window) pairs per episode
+TIME_WINDOW = 16  # its window (steps) when the understanding model was trained on whole episodes
+
+
+def agent_steps(ep: dict, ts: np.ndarray, blind: bool = False) -> dict:
+    """A batch of episode `ep`'s agent steps `ts`; `blind`: the policy is fed the null instruction (zeros) instead."""
+    steps = {"images": torch.from_numpy(ep["agent"][ts]), "proprio": torch.from_numpy(ep["proprio"][ts]),
+             "text_index": torch.full((len(ts),), ep["text_index"])}
+    if blind:
+        steps["instruction_embedding"] = torch.zeros(len(ts), TEXT_DIM)
+    return steps
 
 
 @torch.no_grad()
-def episode_representations(u_model, e_model, episodes: list[dict], frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+def episode_representations(u_model, e_model, episodes: list[dict], frames: int,
+                            blind: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """[N, Du] of each episode's observer clip and [N, De] mean over evenly spaced agent steps. `episodes`:
     dicts with observer [T+1, 3, H, W], agent [T+1, C, 3, H, W], proprio [T+1, P], length, text_index."""
     us, es = [], []
@@ -42,10 +65,23 @@ def episode_representations(u_model, e_model, episodes: list[dict], frames: int)
         clip = torch.from_numpy(ep["observer"][uniform_indices(0, ep["length"], frames)])[None]
         us.append(u_model.representation({"video": clip})[0])
         ts = uniform_indices(0, ep["length"] - 1, STEPS_PER_EPISODE)
-        steps = {"images": torch.from_numpy(ep["agent"][ts]), "proprio": torch.from_numpy(ep["proprio"][ts]),
-                 "text_index": torch.full((len(ts),), ep["text_index"])}
-        es.append(e_model.representation(steps).mean(0))
+        es.append(e_model.representation(agent_steps(ep, ts, blind)).mean(0))
     return torch.stack(us), torch.stack(es)
+
+
+@torch.no_grad()
+def time_aligned_representations(u_model, e_model, episodes: list[dict], frames: int,
+                                 window: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per episode, WINDOWS_PER_EPISODE evenly spaced steps t: [N, Du] of the observer clip of the `window`-step window
+    around t, [N, De] of the agent step t itself, and [N] the episode of each pair."""
+    us, es, episode = [], [], []
+    for e, ep in enumerate(episodes):
+        ts = uniform_indices(0, ep["length"] - 1, WINDOWS_PER_EPISODE)
+        clips = [ep["observer"][uniform_indices(*window_bounds(int(t), window, ep["length"]), frames)] for t in ts]
+        us.append(u_model.representation({"video": torch.from_numpy(np.stack(clips))}))
+        es.append(e_model.representation(agent_steps(ep, ts)))
+        episode += [e] * len(ts)
+    return torch.cat(us), torch.cat(es), torch.tensor(episode)
 
 
 def split_episodes(store: EpisodeStore, split: str) -> tuple[list[dict], torch.Tensor]:
@@ -120,10 +156,38 @@ def execution_run(runs: list[LoadedRun]) -> LoadedRun:
     return next(r for r in runs if r.mode in ("mirror", "execute"))
 
 
-def _representations_at(runs: list[LoadedRun], frames, train_eps, test_eps):
+def _representations_at(runs: list[LoadedRun], frames, train_eps, test_eps, blind: bool = False):
     u_model, e_model = pick_models(runs)
-    return episode_representations(u_model, e_model, train_eps, frames), \
-        episode_representations(u_model, e_model, test_eps, frames)
+    return episode_representations(u_model, e_model, train_eps, frames, blind), \
+        episode_representations(u_model, e_model, test_eps, frames, blind)
+
+
+def time_window(runs: list[LoadedRun]) -> int:
+    """The clip window the understanding model was trained on, else TIME_WINDOW."""
+    return understanding_run(runs).config.train.clip_window or TIME_WINDOW
+
+
+def control_probes(runs, frames, train_eps, train_groups, test_eps, test_labels) -> dict:
+    """The instruction-blind and the time-aligned probes (see the module's docstring)."""
+    (tu, te), (su, se) = _representations_at(runs, frames, train_eps, test_eps, blind=True)
+    blind, _ = probe_scores(tu, te, train_groups, su, se, test_labels)
+    u_model, e_model = pick_models(runs)
+    window = time_window(runs)
+    tu, te, _ = time_aligned_representations(u_model, e_model, train_eps, frames, window)
+    su, se, episode = time_aligned_representations(u_model, e_model, test_eps, frames, window)
+    return {"probe_blind": blind, "probe_time": time_aligned_scores(tu, te, su, se, episode, window)}
+
+
+def time_aligned_scores(train_u, train_e, test_u, test_e, test_episode, window: int) -> dict:
+    """Probe trained with each (clip window, step) pair its own positive; Recall@1 of the very pair (episode and time
+    window) both ways, of the right episode at any time, and their chance levels."""
+    probe = train_probe(train_u, train_e, torch.arange(len(train_u)))
+    a, b = shared_space(probe, test_u, test_e)
+    pair = torch.arange(len(test_u))
+    return {"r1_u2e": recall_at_1(a, b, pair), "r1_e2u": recall_at_1(b, a, pair), "chance": 1 / len(test_u),
+            "r1_episode_u2e": recall_at_1(a, b, test_episode), "r1_episode_e2u": recall_at_1(b, a, test_episode),
+            "chance_episode": chance_recall(test_episode), "window": window,
+            "windows_per_episode": WINDOWS_PER_EPISODE, "n_train": len(train_u), "n_test": len(test_u)}
 
 
 def analyze(run_dirs: list[str | Path], data: str | Path, out: str | Path, rollouts: str | Path | None = None,
@@ -155,8 +219,9 @@ def analyze(run_dirs: list[str | Path], data: str | Path, out: str | Path, rollo
     (train_u, train_e), (test_u, test_e) = _representations_at(runs, frames, train_eps, test_eps)
     probe, probe_model = probe_scores(train_u, train_e, train_groups, test_u, test_e, test_labels)
     shared_u, shared_e = shared_space(probe_model, test_u, test_e)
+    controls = control_probes(runs, frames, train_eps, train_groups, test_eps, test_labels)
     result = {"runs": {r.mode: str(r.path.resolve()) for r in runs}, "data": str(store.root), "k": k,
-              "probe": probe, **all_metrics(test_u, test_e, k)}
+              "probe": probe, **controls, **all_metrics(test_u, test_e, k)}
     if runs[0].mode == "mirror":  # retrieval in the space the aligner was trained for
         a, b = runs[0].models["aligner"].project(test_u, test_e)
         result["aligner"] = {"r1_u2e": recall_at_1(a, b, test_labels), "r1_e2u": recall_at_1(b, a, test_labels)}
@@ -175,6 +240,10 @@ def analyze(run_dirs: list[str | Path], data: str | Path, out: str | Path, rollo
                                             score, success, [store.variations[e["variation"]].id for e in episodes])}
 
     result["over_training"] = over_training(runs, frames, train_eps, train_groups, test_eps, test_labels, k)
+    init = [initialized(r) for r in runs]  # every probe at step 0 too: what initialisation alone gives
+    (tu, te), (su, se) = _representations_at(init, frames, train_eps, test_eps)
+    result["at_init"] = {"probe": probe_scores(tu, te, train_groups, su, se, test_labels)[0],
+                         **control_probes(init, frames, train_eps, train_groups, test_eps, test_labels)}
     out.mkdir(parents=True, exist_ok=True)
     (out / "analysis.json").unlink(missing_ok=True)  # written last: a rerun cut short never pairs old with new
     write_bytes_atomic(out / "representations.safetensors", save_safetensors(

@@ -20,6 +20,12 @@ def uniform_indices(start: int, end: int, frames: int) -> np.ndarray:
     return np.floor(np.linspace(start, end, frames) + 0.5).astype(np.int64)
 
 
+def window_bounds(t: int, window: int, last: int) -> tuple[int, int]:
+    """[start, end] of the `window`-step window around step t, kept inside frames 0..last."""
+    start = max(0, min(t - window // 2, last - window))
+    return start, min(last, start + window)
+
+
 def to_chw(frames: np.ndarray) -> np.ndarray:
     """[..., H, W, 3] -> contiguous [..., 3, H, W]."""
     return np.ascontiguousarray(np.moveaxis(frames, -1, -3))
@@ -88,9 +94,7 @@ class _Episodes(Dataset):
         if window is None:
             start, end = 0, round(last * self.fraction)
         else:
-            centre = int(torch.randint(last + 1, ())) if t is None else t
-            start = max(0, min(centre - window // 2, last - window))
-            end = min(last, start + window)
+            start, end = window_bounds(int(torch.randint(last + 1, ())) if t is None else t, window, last)
         return torch.from_numpy(ep["observer"][self._clip_indices(start, end, frames)])
 
     def _step(self, e: int, t: int, horizon: int) -> dict:

@@ -54,7 +54,11 @@ class ExecutionPolicy(nn.Module):
             x = random_shift(x, seeds=None if seeds is None else seeds.tolist())
         cams = (self.encoder(x).view(b, n_cam, -1, self.config.dim) + self.pos.unsqueeze(1)
                 + self.camera_embed.unsqueeze(0)).flatten(1, 2)
-        instruction = self.instruction(self.text_embeddings[batch["text_index"]]).unsqueeze(1)
+        # the task as a sentence embedding: the instruction's, looked up by row, unless the batch brings its own
+        # (e.g. the probes' null instruction)
+        text = batch["instruction_embedding"] if "instruction_embedding" in batch else \
+            self.text_embeddings[batch["text_index"]]
+        instruction = self.instruction(text).unsqueeze(1)
         proprio = self.proprio(batch["proprio"]).unsqueeze(1)
         tokens = torch.cat([self.readout.expand(b, -1, -1), instruction, proprio, cams], 1)
         taps = {}
