@@ -108,8 +108,11 @@ def recognition_section(evals) -> str:
                 if key in m:
                     r = m[key]
                     correct = [p == label for p, label in zip(r["predictions"], r["labels"])]
+                    per_task = "-" if r.get("per_task_top1") is None else \
+                        f"{100 * r['per_task_top1']:.1f} % (chance {100 * r['chance_per_task']:.1f} %)"
                     rows.append([m["mode"], key.replace("recognition", "full clip").replace("full clip_early", "early"),
-                                 r["view"], _pct_ci(correct), f"{100 * r['top5']:.1f} %", r["n"], str(path)])
+                                 r["view"], _pct_ci(correct), f"{100 * r['top5']:.1f} %", per_task, r["n"],
+                                 str(path)])
             if "recognition" in m:
                 r = m["recognition"]
                 ids = r["variation_ids"]
@@ -127,7 +130,10 @@ def recognition_section(evals) -> str:
     if not rows:
         return ""
     return ("<h2>Action understanding: recognition</h2>"
-            + _table(["mode", "clip", "view", "top-1 [95 % CI]", "top-5", "n", "evaluation"], rows) + "".join(figs))
+            + "<p class='note'>Top-1 and top-5 among all the dataset's variations; per task: each clip classified "
+              "among its own task's variations only, averaged over the tasks that have two or more.</p>"
+            + _table(["mode", "clip", "view", "top-1 [95 % CI]", "top-5", "per-task top-1", "n", "evaluation"], rows)
+            + "".join(figs))
 
 
 def success_section(evals) -> str:
@@ -161,10 +167,17 @@ def success_section(evals) -> str:
 def analysis_section(analyses) -> str:
     if not analyses:
         return ""
-    rows, figs = [], []
+    rows, control_rows, figs = [], [], []
     for path, a in analyses:
         with _reading(path / "analysis.json", "analysis"):
             p = a["probe"]
+            init = a.get("at_init", {})  # analyses written before the controls existed lack them
+            for key, name in (("probe", "by instruction"), ("probe_blind", "instruction-blind"),
+                              ("probe_time", "time-aligned (episode and window)")):
+                if key in a:
+                    q, q0 = a[key], init.get(key, {})
+                    control_rows.append([" + ".join(a["runs"]), name, q["r1_u2e"], q["r1_e2u"],
+                                         q0.get("r1_u2e", "-"), q0.get("r1_e2u", "-"), q["chance"], q["n_test"]])
             rows.append([" + ".join(a["runs"]), p["r1_u2e"], p["r1_e2u"], p["chance"],
                          p.get("r1_episode_u2e", "-"), p.get("r1_episode_e2u", "-"), p.get("chance_episode", "-"),
                          a["mutual_knn"], a["cka"], a["unbiased_cka"], a["cknna"], a["k"], p["n_test"]])
@@ -206,7 +219,13 @@ def analysis_section(analyses) -> str:
             "maps trained with InfoNCE on train episodes; Recall@1 on test episodes counts a retrieval correct when "
             "it has the same instruction, or, by episode, when it is the very episode.</p>"
             + _table(["runs", "R@1 u→e", "R@1 e→u", "chance", "by episode u→e", "by episode e→u", "chance",
-                      "mutual k-NN", "CKA", "unbiased CKA", "CKNNA", "k", "n"], rows) + "".join(figs))
+                      "mutual k-NN", "CKA", "unbiased CKA", "CKNNA", "k", "n"], rows)
+            + "<h3>Probes against their controls and against initialisation</h3><p class='note'>Instruction-blind: the "
+              "policy is fed one fixed null instruction, so what it shares comes from vision and proprioception alone. "
+              "Time-aligned: each agent step against the observer clip window around it, right only for the very "
+              "episode and window. Step 0: the same probe on the untrained models.</p>"
+            + _table(["runs", "probe", "R@1 u→e", "R@1 e→u", "step 0 u→e", "step 0 e→u", "chance", "n"],
+                     control_rows) + "".join(figs))
 
 
 def training_section(evals, analyses) -> str:
