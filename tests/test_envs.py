@@ -1,10 +1,12 @@
+import dataclasses
+
 import mujoco
 import numpy as np
 import pytest
 
 from mirroralign.envs import make_env
 from mirroralign.envs.metaworld import CAMERAS
-from mirroralign.suites import MIRROR10, get_suite
+from mirroralign.suites import MIRROR10, MIRROR_FINE, get_suite
 
 PUSH = {v.id: v for v in MIRROR10}["push-left"]
 
@@ -88,6 +90,58 @@ def test_goal_variants_steer_the_goal_and_keep_objects_random():
             assert v.goal_low[0] <= goal[0] <= v.goal_high[0] and v.goal_low[1] <= goal[1] <= v.goal_high[1]
         objects.append(env.raw.obj_init_pos[:2].copy())
     assert len({tuple(np.round(o, 4)) for o in objects}) == 5  # object positions differ across seeds
+
+
+def test_mirror_fine_variants_of_a_task_share_the_scene():
+    """Same scene seed, same task: the same physical state and the same first image for every variant (the goal is
+    hidden), while the goal lies in each variant's own region and the objects in the task's object region."""
+    by_task = {}
+    for v in MIRROR_FINE:
+        by_task.setdefault(v.task, []).append(v)
+    for task, vs in by_task.items():
+        env = make_env("metaworld", task, image_size=32, render_cameras=["corner"])
+        for seed in (0, 1):
+            states, images = set(), set()
+            for v in vs:
+                obs = env.reset(v, seed)
+                states.add(env.sim_state().tobytes())
+                images.add(obs.images["corner"].tobytes())
+                assert np.all(v.goal_low <= env.raw._target_pos) and np.all(env.raw._target_pos <= v.goal_high), v.id
+                if v.object_low is not None:
+                    obj = env.raw.obj_init_pos
+                    assert np.all(v.object_low[:2] <= obj[:2]) and np.all(obj[:2] <= v.object_high[:2]), v.id
+            assert len(states) == 1 and len(images) == 1, task
+
+
+def test_widen_goal_space_lets_the_expert_see_a_goal_beyond_metaworlds():
+    """Meta-World clips the observed goal to its goal space (push: |x| <= 0.1); the far-left variant's goal lies
+    beyond it. Widened, the expert observes the true goal; without, the clipped one. The env reused for a mirror10
+    variation afterwards observes Meta-World's own space again."""
+    far = {v.id: v for v in MIRROR_FINE}["push-far-left"]
+    assert far.goal_high[0] < -0.1
+    env = make_env("metaworld", "push")
+    clipped = dataclasses.replace(far, widen_goal_space=False)
+    for v, seen_x in ((far, None), (clipped, -0.1)):
+        env.reset(v, 0)
+        env.step(np.zeros(4, np.float32), render=False)
+        target = env.raw._target_pos
+        assert env._state_obs[-3] == pytest.approx(target[0] if seen_x is None else seen_x) and target[0] < -0.1
+    env.reset(PUSH, 0)
+    assert env.raw.sawyer_observation_space.high[-3] == pytest.approx(0.1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variation", MIRROR_FINE, ids=lambda v: v.id)
+def test_every_mirror_fine_variation_is_solved_by_its_expert(variation):
+    """Solved on 2 scene seeds of the first 3 (cheaper than mirror10's check; the suite has 63 variations)."""
+    env = make_env("metaworld", variation.task)
+    solved = 0
+    for seed in range(3):
+        env.reset(variation, seed)
+        solved += any(env.step(env.expert_action(), render=False)[2] for _ in range(300))
+        if solved == 2:
+            break
+    assert solved == 2
 
 
 @pytest.mark.slow

@@ -13,7 +13,11 @@ class Variation:
     """A (task, variant) with a canonical instruction and paraphrases.
 
     `goal_low`/`goal_high` bound the region the goal is sampled from for each scene seed (goal variants);
-    `None` keeps the simulator's own goal distribution.
+    `None` keeps the simulator's own goal distribution. `object_low`/`object_high` likewise narrow where the
+    objects are placed (to where the expert succeeds); a task's variations share them, so they share scenes.
+    `widen_goal_space`: Meta-World clips what its expert observes of the goal to the task's own goal space, so
+    a region beyond it is reached only up to the border; set, the observed space covers the region too
+    (mirror10 predates these three and keeps Meta-World's object placement and clip).
     """
 
     id: str
@@ -23,6 +27,9 @@ class Variation:
     paraphrases: tuple[str, ...]
     goal_low: tuple[float, ...] | None = None
     goal_high: tuple[float, ...] | None = None
+    object_low: tuple[float, ...] | None = None
+    object_high: tuple[float, ...] | None = None
+    widen_goal_space: bool = False
 
     @property
     def instructions(self) -> tuple[str, ...]:
@@ -31,8 +38,11 @@ class Variation:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["paraphrases"] = list(self.paraphrases)
-        for key in ("goal_low", "goal_high"):
+        for key in ("goal_low", "goal_high", "object_low", "object_high"):
             d[key] = None if d[key] is None else list(d[key])
+        for key in ("object_low", "object_high", "widen_goal_space"):
+            if not d[key]:  # left out at their defaults, so manifests written before them are unchanged
+                del d[key]
         return d
 
     @classmethod
@@ -41,7 +51,8 @@ class Variation:
             return None if x is None else tuple(float(v) for v in x)
 
         return cls(d["id"], d["task"], d["variant"], d["instruction"], tuple(d["paraphrases"]),
-                   tup(d.get("goal_low")), tup(d.get("goal_high")))
+                   tup(d.get("goal_low")), tup(d.get("goal_high")), tup(d.get("object_low")),
+                   tup(d.get("object_high")), bool(d.get("widen_goal_space", False)))
 
 
 @dataclass

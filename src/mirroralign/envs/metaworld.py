@@ -16,6 +16,7 @@ from mirroralign.envs.gl import ensure_gl_backend
 ensure_gl_backend()
 
 import mujoco  # noqa: E402  (after the GL backend is chosen)
+from gymnasium.spaces import Box  # noqa: E402
 from metaworld.env_dict import ALL_V3_ENVIRONMENTS, MT10_V3, MT50_V3  # noqa: E402
 from metaworld.policies import ENV_POLICY_MAP  # noqa: E402
 
@@ -34,7 +35,7 @@ BENCHMARK_TASKS = {
     "mt50": tuple(name.removesuffix("-v3") for name in MT50_V3),
 }
 
-_GOAL = slice(3, 6)  # goal tasks lay their random vector out as (object xyz, goal xyz)
+_OBJECT, _GOAL = slice(0, 3), slice(3, 6)  # goal tasks lay their random vector out as (object xyz, goal xyz)
 # Every renderer made, never freed: under OSMesa a collected renderer frees the GL objects of whatever context is
 # current and later renders come out garbage. An env is collected whenever the cyclic GC runs (its reset hook
 # refers back to it), so holding the renderer on the env alone does not keep it.
@@ -65,6 +66,7 @@ class MetaWorldEnv(Env):
         env.__dict__.pop("sawyer_observation_space", None)  # cached with the goal bounds zeroed: recompute
         env._freeze_rand_vec = True
         self.raw = env
+        self._own_goal_space = env.goal_space
         self._layout: np.ndarray | None = None
         self._layout_reads = 0
         reset_model = env.reset_model
@@ -93,14 +95,16 @@ class MetaWorldEnv(Env):
             self._scene_option.sitegroup[:] = 0  # goal markers hidden, as in RLBench
 
     def sample_layout(self, variation: Variation, rng: np.random.Generator) -> np.ndarray:
-        """One random vector: objects depend on the draw only, the goal also on the variant's region."""
+        """One random vector: objects depend on the draw (and the task's object region) only, the goal also on the
+        variant's region."""
         space = self.raw._random_reset_space
         low, high = space.low.astype(np.float64), space.high.astype(np.float64)
         u = rng.random(low.size)
         vec = low + u * (high - low)
-        if variation.goal_low is not None:
-            glow, ghigh = np.asarray(variation.goal_low), np.asarray(variation.goal_high)
-            vec[_GOAL] = glow + u[_GOAL] * (ghigh - glow)
+        for part, lo, hi in ((_OBJECT, variation.object_low, variation.object_high),
+                             (_GOAL, variation.goal_low, variation.goal_high)):
+            if lo is not None:
+                vec[part] = np.asarray(lo) + u[part] * (np.asarray(hi) - np.asarray(lo))
         return vec
 
     def reset(self, variation: Variation, scene_seed: int, poses: dict | None = None) -> Observation:
@@ -109,6 +113,7 @@ class MetaWorldEnv(Env):
         # Meta-World re-reads its random vector until the layout meets the task's constraints (e.g. object
         # and goal far enough apart); with a frozen vector that loop never ends. A second read therefore
         # rejects the draw, and the next one from the same seeded generator is tried.
+        self._observe_goal_space(variation)
         rng = np.random.default_rng(scene_seed)
         for _ in range(1000):
             self._layout = self.sample_layout(variation, rng)
@@ -133,6 +138,16 @@ class MetaWorldEnv(Env):
     @property
     def observer_poses(self) -> dict[str, ObserverPose]:
         return dict(self._poses)
+
+    def _observe_goal_space(self, variation: Variation) -> None:
+        """Meta-World's own goal space, or (`widen_goal_space`) its union with the variation's goal region."""
+        space = self._own_goal_space
+        if variation.widen_goal_space and variation.goal_low is not None:
+            space = Box(np.minimum(space.low, variation.goal_low), np.maximum(space.high, variation.goal_high),
+                        dtype=np.float64)
+        if space is not self.raw.goal_space:
+            self.raw.goal_space = space
+            self.raw.__dict__.pop("sawyer_observation_space", None)  # cached with the old bounds
 
     def render(self) -> dict[str, np.ndarray]:
         """The configured cameras' current images (upright uint8 [H, W, 3])."""
