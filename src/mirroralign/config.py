@@ -18,7 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 from mirroralign.envs.views import VIEW_NAMES
 from mirroralign.errors import UsageError
 
-PRESETS = ("tiny", "quick", "standard", "full")
+PRESETS = ("tiny", "quick", "standard", "fine", "full")
 SEED_LIMIT = 2 ** 31  # seeds are scaled (by ~1e6) into per-step and per-scene seeds, which must stay below 2**63
 
 
