@@ -91,6 +91,20 @@ def reseal_episode(root: Path, episode_id: str) -> None:
     write_manifest(root, manifest)
 
 
+def without_split(src: Path, dst: Path, split: str) -> Path:
+    """A copy of a dataset with no episodes in `split`, as `generate --episodes 2` makes (no val or test) or as
+    an import of PerAct's test/ folder alone makes (no train): a valid dataset that some commands cannot use."""
+    shutil.copytree(src, dst)
+    manifest = json.loads((dst / MANIFEST).read_text())
+    for eid in manifest["splits"][split]:
+        shutil.rmtree(episode_path(dst, eid))
+        del manifest["episodes"][eid]
+    manifest["splits"][split] = []
+    manifest["episodes_per_split"][split] = 0
+    write_manifest(dst, manifest)
+    return dst
+
+
 def patch_array(root: Path, episode_id: str, name: str, index, value) -> None:
     """Write `value` into one stored array in place, then reseal the episode."""
     import zarr
@@ -176,6 +190,7 @@ def bad_invocations(data: Path, run: Path, tmp: Path) -> dict[str, list]:
     (tmp / "python_tag.yaml").write_text(f"data:\n  suite: !!python/object/apply:os.system ['touch {tmp}/ran']\n")
     (tmp / "not_a_mapping.yaml").write_text("- just\n- a list\n")
     (tmp / "a_file").write_text("not a directory")
+    no_test, no_train = without_split(data, tmp / "no_test", "test"), without_split(data, tmp / "no_train", "train")
     out = tmp / "out"
     gen = ["generate", "--preset", "tiny", "--out", out]
     tr = ["train", "--data", data, "--preset", "tiny", "--out", out]
@@ -211,12 +226,19 @@ def bad_invocations(data: Path, run: Path, tmp: Path) -> dict[str, list]:
         "train: seed out of range": [*tr, "--mode", "execute", "--seed", str(2 ** 44)],
         "train: run made with another config": ["train", "--mode", "mirror", "--data", data, "--preset", "tiny",
                                                 "train.steps=21", "--out", run],
+        "train: dataset without train episodes": ["train", "--mode", "mirror", "--data", no_train, "--preset", "tiny",
+                                                  "--out", out],
         "evaluate: missing run": ["evaluate", "--run", tmp / "missing", "--data", data, "--out", out],
         "evaluate: unknown camera": ["evaluate", "--run", run, "--data", data, "--out", out, "--view", "eyeball"],
         "evaluate: zero episodes": ["evaluate", "--run", run, "--data", data, "--out", out, "--episodes", "0"],
         "evaluate: zero workers": ["evaluate", "--run", run, "--data", data, "--out", out, "--workers", "0"],
+        "evaluate: dataset without test episodes": ["evaluate", "--run", run, "--data", no_test, "--out", out],
+        "evaluate: dataset without test episodes, replayed view": ["evaluate", "--run", run, "--data", no_test, "--out",
+                                                                   out, "--view", "corner3", "--episodes", "1"],
         "analyze: a dataset as a run": ["analyze", "--runs", data, "--data", data, "--out", out],
         "analyze: the same run twice": ["analyze", "--runs", run, run, "--data", data, "--out", out],
+        "analyze: dataset without train episodes": ["analyze", "--runs", run, "--data", no_train, "--out", out],
+        "analyze: dataset without test episodes": ["analyze", "--runs", run, "--data", no_test, "--out", out],
         "report: no evaluation or analysis": ["report", "--inputs", tmp, "--out", tmp / "r.html"],
         "demo: unknown preset": ["demo", "--preset", "huge", "--out", out],
         "suites: unknown flag": ["suites", "--yaml"],

@@ -100,3 +100,22 @@ def test_train_on_cuda_without_cuda_is_a_usage_error(tiny_dataset, tmp_path):
                 "--out", tmp_path / "run")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "CUDA" in r.stderr, r.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_dataset_without_test_episodes_trains_but_is_refused_where_test_episodes_are_needed(tmp_path):
+    """2 episodes per variation make a valid dataset with empty val and test splits (what a new user tries
+    first): training needs neither; recognition and analysis need test episodes and say how to make some."""
+    data, run = tmp_path / "data", tmp_path / "run"
+    r = run_cli("generate", "--suite", "mirror10", "--episodes", 2, "--preset", "tiny", "--out", data)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("train", "--mode", "mirror", "--data", data, "--preset", "tiny", "train.steps=2", "--out", run)
+    assert r.returncode == 0, r.stderr
+    before = _tree(tmp_path)
+    for argv in (["evaluate", "--run", run, "--data", data, "--out", tmp_path / "eval", "--view", "corner3",
+                  "--episodes", 1],  # a replayed view
+                 ["evaluate", "--run", run, "--data", data, "--out", tmp_path / "eval"],  # the stored observer view
+                 ["analyze", "--runs", run, "--data", data, "--out", tmp_path / "analysis"]):
+        r = run_cli(*argv)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert f"dataset {data} has no test episodes" in r.stderr and "--episodes >= 3" in r.stderr, r.stderr
+    assert _tree(tmp_path) == before

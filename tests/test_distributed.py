@@ -1,6 +1,7 @@
 """Training on several processes: real gloo process groups of 2 CPU processes (torch.multiprocessing or torchrun),
 no mocks. nccl needs GPUs, which this machine lacks: only its choice is tested."""
 
+import contextlib
 import json
 import os
 import signal
@@ -105,14 +106,34 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 MIRROR_40 = ["train", "--mode", "mirror", "--preset", "tiny", "train.steps=40", "train.checkpoint_every=10"]
 
 
+def _descendants(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [d for c in map(int, children) for d in (c, *_descendants(c))]
+
+
+def _dead(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX"  # a zombie, or gone
+    except FileNotFoundError:
+        return True
+
+
 def _start_and_kill_after_first_checkpoint(command: list, out: Path) -> int:
     proc = subprocess.Popen([*map(str, command), "--out", str(out)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 540  # generous: a loaded 2-core machine is many times slower than an idle one
     while not (out / "checkpoints" / "step_0000010.json").exists() and time.time() < deadline:
         time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and its workers alike
+    # torchrun starts each worker in a session of its own, so killing its process group would leave the workers
+    # training on (and finishing the run before the resume under test): kill them by id, then torchrun
+    workers = _descendants(proc.pid)
+    for pid in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    while not all(map(_dead, workers)):  # SIGKILL is delivered asynchronously: no rank may write after this
+        time.sleep(0.02)
     return json.loads((out / "checkpoints" / "latest.json").read_text())["step"]
 
 
@@ -122,15 +143,32 @@ def _final(run: Path) -> tuple[int, dict, list]:
     return latest["step"], weights, [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+ONE = {"world_size": 1, "backend": None, "device": "cpu", "global_batch_size": 8, "batch_size_per_rank": 8}
+TWO = {"world_size": 2, "backend": "gloo", "device": "cpu", "global_batch_size": 8, "batch_size_per_rank": 4}
+
+
+def _recorded(run: Path, launches: list[tuple[int, dict]]) -> None:
+    """run.json lists every launch, (start step, processes), in order; each checkpoint record names the processes
+    of the launch that wrote it."""
+    assert json.loads((run / "run.json").read_text())["launches"] == [{"start_step": s, **p} for s, p in launches]
+    for path in sorted((run / "checkpoints").glob("step_*.json")):
+        record = json.loads(path.read_text())
+        wrote = [p for s, p in launches if s < record["step"]][-1]  # the last launch that started before it
+        assert record["distributed"] == wrote, (path, record["distributed"])
+
+
 def test_a_checkpoint_written_under_ddp_resumes_in_one_process_and_back(tiny_dataset, tmp_path):
     r = run_cli(*MIRROR_40, "--data", tiny_dataset, "--out", tmp_path / "straight")
     assert r.returncode == 0, r.stderr
 
     # 2 ranks, killed, resumed by one process
-    step = _start_and_kill_after_first_checkpoint([*TORCHRUN, *MIRROR_40, "--data", tiny_dataset], tmp_path / "ddp")
+    step = ddp_step = _start_and_kill_after_first_checkpoint([*TORCHRUN, *MIRROR_40, "--data", tiny_dataset],
+                                                             tmp_path / "ddp")
     assert 10 <= step < 40
     r = run_cli(*MIRROR_40, "--data", tiny_dataset, "--out", tmp_path / "ddp")
     assert r.returncode == 0, r.stderr
+    assert f"resuming step {step} on 1 process, checkpointed on 2 processes: the same global batch of 8 (4 -> 8 " \
+           f"per rank)" in r.stderr
 
     # one process, killed, resumed by 2 ranks
     step = _start_and_kill_after_first_checkpoint([sys.executable, "-m", "mirroralign", *MIRROR_40, "--data",
@@ -140,6 +178,13 @@ def test_a_checkpoint_written_under_ddp_resumes_in_one_process_and_back(tiny_dat
                         str(tmp_path / "single")], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("run: ") == 1  # rank 0 speaks for the job
+    assert f"resuming step {step} on 2 processes, checkpointed on 1 process: the same global batch of 8 (8 -> 4 " \
+           f"per rank)" in r.stderr
+
+    # how each part was trained, in run.json and in every checkpoint record
+    _recorded(tmp_path / "straight", [(0, ONE)])
+    _recorded(tmp_path / "ddp", [(0, TWO), (ddp_step, ONE)])
+    _recorded(tmp_path / "single", [(0, ONE), (step, TWO)])
 
     s0, w0, rows0 = _final(tmp_path / "straight")
     for run in ("ddp", "single"):

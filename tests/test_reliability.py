@@ -294,7 +294,9 @@ NEW_BAD = ["generate: config file with a python tag", "generate: config file not
            "generate: fractions sum above 1", "verify: a file", "train: unknown device", "train: batch of one",
            "train: config file", "evaluate: missing run", "demo: unknown preset", "suites: unknown flag",
            "generate: seed out of range", "train: zero attention heads", "train: zero patch size",
-           "train: seed out of range"]
+           "train: seed out of range", "train: dataset without train episodes",
+           "evaluate: dataset without test episodes", "evaluate: dataset without test episodes, replayed view", "analyze: dataset without train episodes",
+           "analyze: dataset without test episodes"]
 
 
 def test_bad_input_to_every_command_exits_2_in_one_line_and_changes_nothing(tiny_dataset, mirror_run, tmp_path):
@@ -322,8 +324,8 @@ def test_a_read_only_output_place_is_a_usage_error_before_any_work(tiny_dataset,
     assert not any(place.iterdir())
 
 
-def test_bad_invocations_are_distinct_and_enough(tmp_path):
-    cases = bad_invocations(Path("/d"), Path("/r"), tmp_path)
+def test_bad_invocations_are_distinct_and_enough(tiny_dataset, tmp_path):
+    cases = bad_invocations(tiny_dataset, Path("/r"), tmp_path)  # a real dataset: some cases need altered copies
     assert len(cases) >= 20 and len({tuple(map(str, v)) for v in cases.values()}) == len(cases)
     assert {name.split(":")[0] for name in cases} >= {"generate", "verify", "train", "evaluate", "analyze", "report",
                                                       "demo", "suites"}

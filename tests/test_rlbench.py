@@ -213,6 +213,31 @@ def test_import_peract_layout_with_split_folders(tmp_path):
     np.testing.assert_array_equal(arrays["observer.front"], arrays["agent.front"])
 
 
+def test_import_any_rlbench_task_in_either_layout(tmp_path):
+    """Tasks outside rlbench18 (RLBench has ~100; other papers use 10 or 74 of them) import in both layouts,
+    their variations taken from disk (there is no count to check them against); `--tasks` selects by name."""
+    src = tmp_path / "src"
+    written = write_rlbench(src, "generator", {"close_drawer": [0, 7], "open_drawer": [1]}, episodes=3)
+    written |= write_rlbench(src, "peract", {"take_lid_off_saucepan": [0]}, episodes=3)
+    r = run_cli("import-rlbench", src, "--out", tmp_path / "all")
+    assert r.returncode == 0, r.stderr
+    store = EpisodeStore(tmp_path / "all")
+    # rlbench18's tasks first, in suite order, then the others by name
+    assert [v.id for v in store.variations] == ["open_drawer-variation1", "close_drawer-variation0",
+                                                "close_drawer-variation7", "take_lid_off_saucepan-variation0"]
+    assert {str(src / e["source"]) for e in store.episodes.values()} == set(written)
+    assert list(store.variations[3].instructions) == descriptions_of("take_lid_off_saucepan", 0)
+    assert len(store.episode_ids("test")) == 4  # one per variation
+
+    r = run_cli("import-rlbench", src, "--out", tmp_path / "one", "--tasks", "close_drawer")
+    assert r.returncode == 0, r.stderr
+    assert [v.id for v in EpisodeStore(tmp_path / "one").variations] == ["close_drawer-variation0",
+                                                                        "close_drawer-variation7"]
+    r = run_cli("import-rlbench", src, "--out", tmp_path / "none", "--tasks", "pick_up_cup")
+    _one_line(r, 2, "mirroralign: error: task 'pick_up_cup' not found in")
+    assert "close_drawer, open_drawer, take_lid_off_saucepan" in r.stderr and _nothing_written(tmp_path / "none")
+
+
 # ----------------------------------------------------------------------------------- datasets and training
 
 
@@ -308,13 +333,13 @@ def test_import_rejects_bad_input(case, source, tmp_path):
     assert _nothing_written(out)
 
 
-def test_import_rejects_missing_source_unknown_task_folder_and_used_output(source, tmp_path):
+def test_import_rejects_missing_source_a_folder_that_is_no_task_and_used_output(source, tmp_path):
     out = tmp_path / "out"
     _one_line(run_cli("import-rlbench", tmp_path / "nope", "--out", out), 2, "mirroralign: error:")
-    (source / "reach_target").mkdir()  # an RLBench task outside rlbench18
+    (source / "notes" / "episodes").mkdir(parents=True)  # no variation<N>/ or all_variations/: not a task folder
     r = run_cli("import-rlbench", source, "--out", out)
-    _one_line(r, 2, "mirroralign: error:")
-    assert "reach_target" in r.stderr and "rlbench18" in r.stderr and _nothing_written(out)
+    _one_line(r, 2, f"mirroralign: error: {source / 'notes'} is not an RLBench task folder")
+    assert _nothing_written(out)
     assert run_cli("import-rlbench", source, "--out", out, "--tasks", "open_drawer").returncode == 0
     before = sorted(str(p) for p in out.rglob("*"))
     _one_line(run_cli("import-rlbench", source, "--out", out, "--tasks", "open_drawer"), 2, "mirroralign: error:")

@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="RLBench data: <task>/variation<N>/... or <task>/all_variations/... (PerAct), "
                                "optionally under train/ val/ test/")
     p.add_argument("--out", required=True)
-    p.add_argument("--tasks", nargs="+", help="subset of the rlbench18 tasks (default: every task folder)")
+    p.add_argument("--tasks", nargs="+", help="task folders to import, by name (default: every task folder)")
     p.add_argument("--cameras", nargs="+", help="agent cameras (default: front left_shoulder right_shoulder wrist)")
     p.add_argument("--observer", help="observer camera (default: overhead)")
     p.add_argument("--image-size", type=int, help="resize every image to this square size (default: as stored)")

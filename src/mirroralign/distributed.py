@@ -37,6 +37,11 @@ def world_size() -> int:
     return dist.get_world_size() if active() else 1
 
 
+def backend() -> str | None:
+    """The process group's backend (gloo, nccl); None in a single process."""
+    return dist.get_backend() if active() else None
+
+
 def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 

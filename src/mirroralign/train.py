@@ -17,6 +17,7 @@ import json
 import math
 import re
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -188,11 +189,20 @@ def read_checkpoint_record(path: Path) -> dict:
     return record
 
 
-def save_checkpoint(run: Path, step: int, models: nn.ModuleDict, optimizer: torch.optim.Optimizer) -> Path:
-    """Weights, optimiser state and RNG state in safetensors; step, optimiser hyper-parameters and the file's
-    sha256 in JSON; `latest.json` moved last, so a kill at any moment leaves the previous checkpoint intact, and
-    so does a failed write (disk full, read-only: OSError). The record is also sealed in the safetensors header,
-    so a damaged record (a changed step or learning rate) is caught, not just a damaged file."""
+def launch_record(config: Config, device: torch.device) -> dict:
+    """How this process group trains: what run.json and every checkpoint record say of the run's processes."""
+    world = distributed.world_size()
+    return {"world_size": world, "backend": distributed.backend(), "device": device.type,
+            "global_batch_size": config.train.batch_size, "batch_size_per_rank": config.train.batch_size // world}
+
+
+def save_checkpoint(run: Path, step: int, models: nn.ModuleDict, optimizer: torch.optim.Optimizer,
+                    launch: dict) -> Path:
+    """Weights, optimiser state and RNG state in safetensors; step, optimiser hyper-parameters, the processes
+    that trained it (`launch_record`) and the file's sha256 in JSON; `latest.json` moved last, so a kill at any
+    moment leaves the previous checkpoint intact, and so does a failed write (disk full, read-only: OSError). The
+    record is also sealed in the safetensors header, so a damaged record (a changed step or learning rate) is
+    caught, not just a damaged file."""
     folder = run / CHECKPOINTS
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in models.state_dict().items()}
@@ -203,7 +213,7 @@ def save_checkpoint(run: Path, step: int, models: nn.ModuleDict, optimizer: torc
     tensors["rng.torch"] = torch.get_rng_state()
     path = folder / f"step_{step:07d}.safetensors"
     groups = [{k: v for k, v in g.items()} for g in opt["param_groups"]]
-    record = {"step": step, "file": path.name, "param_groups": groups}
+    record = {"step": step, "file": path.name, "param_groups": groups, "distributed": launch}
     data = save_safetensors(tensors, metadata={SEALED_RECORD: json.dumps(record, sort_keys=True)})
     write_bytes_atomic(path, data)
     meta = {**record, "sha256": hashlib.sha256(data).hexdigest()}
@@ -345,13 +355,27 @@ def _train(config: Config, mode: str, data: str | Path, out: str | Path, progres
             k: sum(p.numel() for p in m.parameters()) for k, m in models.items()}})
     if rank == 0 and not (run / "config.yaml").is_file():  # after run.json: a kill between is mended here
         write_bytes_atomic(run / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(config)).encode())
-    start = restore(run, models, optimizer)["step"] if (run / CHECKPOINTS / "latest.json").is_file() else 0
+    resumed = restore(run, models, optimizer) if (run / CHECKPOINTS / "latest.json").is_file() else {"step": 0}
+    start = resumed["step"]
     distributed.check_same_on_all_ranks(start, "checkpoint steps", "--out must be one directory that every rank "
                                         "sees (on several machines, a shared file system)", device)
     if rank == 0:
         _truncate_metrics(run / "metrics.jsonl", start)
     if start >= config.train.steps:
         return run
+    launch = launch_record(config, device)
+    if rank == 0:  # every start and resume, in order: a reader of run.json sees how each part was trained
+        stored = read_json(run / "run.json", "run record")
+        write_json_atomic(run / "run.json", {**stored, "launches": [*stored.get("launches", []),
+                                                                    {"start_step": start, **launch}]})
+        before = resumed.get("distributed")
+        if before and before["world_size"] != launch["world_size"] and progress:
+            # the config (so the global batch) is the run's own; only each rank's share of it changes
+            processes = lambda n: f"{n} process{'es' if n > 1 else ''}"  # noqa: E731
+            print(f"mirroralign: resuming step {start} on {processes(launch['world_size'])}, checkpointed on "
+                  f"{processes(before['world_size'])}: the same global batch of {launch['global_batch_size']} "
+                  f"({before['batch_size_per_rank']} -> {launch['batch_size_per_rank']} per rank), so the same "
+                  f"training up to the order of floating-point sums", file=sys.stderr)
     objective = Objective(mode, models, config)
     if world_size > 1:
         # no running statistics in these models, so no buffers to broadcast
@@ -405,7 +429,7 @@ def _train(config: Config, mode: str, data: str | Path, out: str | Path, progres
                         writer.add_scalar(f"{mode}/{k}", v, done)
                 bar.set_postfix(loss=f"{loss_value:.4f}")
             if rank == 0 and (done % config.train.checkpoint_every == 0 or done == config.train.steps or stop):
-                save_checkpoint(run, done, models, optimizer)
+                save_checkpoint(run, done, models, optimizer, launch)
             if stop:
                 distributed.barrier()  # no rank exits (and makes torchrun stop the others) before rank 0 has saved
                 raise KeyboardInterrupt

@@ -31,6 +31,19 @@ def to_chw(frames: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(frames, -1, -3))
 
 
+def empty_split_error(store: EpisodeStore, split: str, needed_for: str | None = None) -> UsageError:
+    """What a command that needs `split` says when the dataset has none of its episodes, and how to make some."""
+    if store.config.get("source") == "rlbench":
+        how = (f"give import-rlbench at least 3 demonstrations per variation, or a {split}/ folder beside the tasks"
+               if split != "train" else "give import-rlbench more demonstrations per variation, or a train/ folder")
+    elif split == "train":
+        how = "generate more --episodes per variation, or lower data.val_fraction and data.test_fraction"
+    else:  # split_counts gives val and test at least one episode each from 3 per variation on
+        how = f"generate with --episodes >= 3 (and data.{split}_fraction > 0), or a larger data.{split}_fraction"
+    why = f", which {needed_for}" if needed_for else ""
+    return UsageError(f"dataset {store.root} has no {split} episodes{why}: {how}")
+
+
 class _Episodes(Dataset):
     def __init__(self, store: EpisodeStore | str, split: str = "train", train: bool | None = None,
                  observer_camera: str | None = None, agent_cameras: list[str] | None = None,
@@ -52,6 +65,8 @@ class _Episodes(Dataset):
         self.texts, self.text_variation = self.store.texts, self.store.text_variation
         self.tasks = sorted({v.task for v in self.variations})
         self.episode_ids = self.store.episode_ids(split)
+        if not self.episode_ids:  # an empty split only fails later, deep inside torch (an empty stack or randint)
+            raise empty_split_error(self.store, split)
         self.episodes = [self._load(eid) for eid in self.episode_ids]
         if keyframes and any(ep["keyframes"] is None for ep in self.episodes):
             raise UsageError(f"dataset {self.store.root} has no keyframes (RLBench imports carry them)")

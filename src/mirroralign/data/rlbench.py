@@ -11,7 +11,9 @@ RLBench needs CoppeliaSim, but its demonstrations are folders researchers alread
 with the images of every episode in per-camera folders of `<i>.png` (`front_rgb/`, `wrist_rgb/`, ...; the
 `_depth` and `_mask` folders are not needed by our models and not read). SRC may hold `train/`, `val/` and
 `test/` folders with the tasks inside (PerAct's splits); otherwise each variation's episodes are split in
-episode order with the usual fractions. Pickles are read only through `rlbench_pickle`'s restricted unpickler.
+episode order with the usual fractions. Any RLBench task folder is read (RLBench ships about 100 tasks); the
+variation numbers of the rlbench18 tasks are checked against their known counts, other tasks' variations are the
+ones found on disk. Pickles are read only through `rlbench_pickle`'s restricted unpickler.
 
 Each demonstration becomes one store episode: RGB frames of the observer and agent cameras, proprioception,
 actions (the next frame's gripper pose and open state), a sparse reward (1 on the last step: RLBench keeps only
@@ -113,10 +115,13 @@ def _variation_number(path: Path) -> int:
 
 
 def _check_variation(task: str, number: int, where: Path) -> None:
-    count = get_rlbench_suite(SUITE)[task]
-    if not 0 <= number < count:
+    """Variation numbers are checked where the task's count is known (the rlbench18 tasks); any other RLBench
+    task's variations are the ones found on disk."""
+    count = get_rlbench_suite(SUITE).get(task)
+    if number < 0 or (count is not None and number >= count):
         raise DataError(f"variation {number} of {task} is out of range: {SUITE} has {count} variations "
-                        f"(0..{count - 1}) ({where})")
+                        f"(0..{count - 1}) ({where})" if count is not None else
+                        f"variation {number} of {task} is negative ({where})")
 
 
 def scan_task(task_dir: Path, split: str | None) -> list[SourceEpisode]:
@@ -227,34 +232,44 @@ def _check_output(out: Path) -> None:
     require_writable(out.parent)  # the import is written beside OUT and renamed into place
 
 
+def is_task_folder(folder: Path) -> bool:
+    """An RLBench task folder holds variation<N>/ folders (the generator) or all_variations/ (PerAct)."""
+    return (folder / ALL_VARIATIONS).is_dir() or bool(_numbered(folder, "variation"))
+
+
 def collect_sources(src: Path, tasks: list[str] | None) -> list[SourceEpisode]:
-    suite = get_rlbench_suite(SUITE)
-    episodes = []
+    """Every episode of the task folders under SRC (any RLBench task, of either layout), or of those named in
+    `tasks`."""
+    episodes, seen = [], set()
     for split, root in split_roots(src).items():
         for task_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            seen.add(task_dir.name)
             if tasks is not None and task_dir.name not in tasks:
                 continue
-            if task_dir.name not in suite:
-                raise UsageError(f"task folder {task_dir} is not a task of {SUITE} (known: {', '.join(suite)}); "
-                                 f"pass --tasks to import a subset")
+            if not is_task_folder(task_dir):
+                raise UsageError(f"{task_dir} is not an RLBench task folder (no variation<N>/ or {ALL_VARIATIONS}/ "
+                                 f"inside); pass --tasks to import the others")
             episodes += scan_task(task_dir, split)
     found = {e.task for e in episodes}
     for task in tasks or ():
         if task not in found:
-            raise UsageError(f"task {task!r} not found in {src}")
+            there = ", ".join(sorted(seen)) or "none"
+            raise UsageError(f"task {task!r} not found in {src} (task folders there: {there})")
     if not episodes:
         raise UsageError(f"no RLBench task folders in {src}")
     return episodes
 
 
 def _variations(episodes: list[SourceEpisode]) -> list[Variation]:
-    """One variation per (task, N), in suite order; its texts are every description seen, first one canonical."""
+    """One variation per (task, N): rlbench18 tasks in suite order, then the others by name; its texts are every
+    description seen, first one canonical."""
     texts: dict[tuple[str, int], dict[str, None]] = {}
     for e in episodes:
         texts.setdefault((e.task, e.variation), {}).update(dict.fromkeys(e.descriptions))
     order = list(get_rlbench_suite(SUITE))
+    rank = lambda task: order.index(task) if task in order else len(order)  # noqa: E731
     variations = []
-    for task, n in sorted(texts, key=lambda key: (order.index(key[0]), key[1])):
+    for task, n in sorted(texts, key=lambda key: (rank(key[0]), key[0], key[1])):
         first, *rest = texts[(task, n)]
         variations.append(Variation(f"{task}-variation{n}", task, f"variation{n}", first, tuple(rest)))
     return variations
@@ -289,13 +304,14 @@ def import_rlbench(src: str | Path, out: str | Path, tasks: list[str] | None = N
         raise UsageError(f"RLBench folder not found: {src}")
     agents = _names(cameras or AGENT_CAMERAS, CAMERAS, "camera")
     observer = _names([observer or OBSERVER_CAMERA], CAMERAS, "camera")[0]
-    tasks = None if not tasks else _names(tasks, list(get_rlbench_suite(SUITE)), f"{SUITE} task")
+    tasks = None if not tasks else list(dict.fromkeys(tasks))  # any RLBench task: a name to find in SRC
     if image_size is not None and image_size < 8:
         raise UsageError(f"--image-size must be >= 8, got {image_size}")
     _check_output(out)
     sources = collect_sources(src, tasks)
     variations = _variations(sources)
     assigned = _assign_splits(sources, val_fraction, test_fraction)
+    # "suite": what variation numbers were checked against, for the tasks it knows
     identity = {"source": "rlbench", "src": str(src.resolve()), "suite": SUITE, "tasks": tasks,
                 "cameras": {"observer": [observer], "agent": agents}, "image_size": image_size,
                 "val_fraction": val_fraction, "test_fraction": test_fraction}

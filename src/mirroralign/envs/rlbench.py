@@ -38,8 +38,11 @@ class RLBenchEnv(Env):
     proprio_dim = 15  # 7 joint positions, gripper pose, open state (Panda)
 
     def __init__(self, task: str, image_size: int = 128, render_cameras=(), fidelity: str = "fast"):
-        if task not in RLBENCH18:
-            raise UsageError(f"unknown RLBench task {task!r} (known: {', '.join(RLBENCH18)})")
+        try:  # any task RLBench ships (rlbench.tasks.<task>), not only the rlbench18 suite
+            task_class = task_file_to_task_class(task)
+        except (ImportError, AttributeError, ValueError):
+            raise UsageError(f"unknown RLBench task {task!r}: RLBench has no rlbench.tasks.{task} "
+                             f"(e.g. {', '.join(list(RLBENCH18)[:3])})") from None
         unknown = [c for c in render_cameras if c not in CAMERAS]
         if unknown:
             raise UsageError(f"unknown camera {unknown[0]!r} (RLBench has: {', '.join(CAMERAS)})")
@@ -52,7 +55,7 @@ class RLBenchEnv(Env):
         action_mode = MoveArmThenGripper(arm_action_mode=EndEffectorPoseViaPlanning(), gripper_action_mode=Discrete())
         self._env = Environment(action_mode, obs_config=obs_config, headless=True)
         self._env.launch()
-        self._task = self._env.get_task(task_file_to_task_class(task))
+        self._task = self._env.get_task(task_class)
         self._last = None
 
     def close(self) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from mirroralign.stats import proportion_ci
+from mirroralign.data.datasets import empty_split_error
 from mirroralign.data.store import EpisodeStore, read_json, require_writable, write_episode, write_json_atomic
 from mirroralign.envs import check_simulator
 from mirroralign.errors import DataError, UsageError
@@ -82,6 +83,8 @@ def evaluate(run: str | Path, data: str | Path, out: str | Path, view: str | Non
     known = known_views(store.manifest["simulator"])
     if view not in known:
         raise UsageError(f"unknown camera or view {view!r} (known: {', '.join(known)})")
+    if "understanding" in loaded.models and not store.episode_ids("test"):
+        raise empty_split_error(store, "test", "recognition is scored on")
     if "understanding" in loaded.models and view not in observers and any(
             store.episodes[e]["scene_seed"] is None for e in store.episode_ids("test")):
         # another view is re-rendered by replaying each episode from its scene seed; imports have none
