@@ -96,10 +96,11 @@ MIRROR10: tuple[Variation, ...] = (
 # the scene seed alone) with 3-9 goal variants, so a clip or instruction is told apart from its task's others
 # only by where the arm takes things. Only tasks whose goal is an invisible site qualify: in soccer, coffee-push,
 # plate-slide, basketball, shelf-place and assembly the goal moves a visible fixture (net, machine, basket, shelf,
-# peg), so the scene itself would give the variant away. Goal regions are 10-15 cm apart (success radii are 5-7
-# cm) and keep every object at least 15 cm from every goal, so Meta-World never rejects a layout and a scene
-# seed gives every variant of a task the same objects. The expert observes goals beyond Meta-World's own goal
-# space (`widen_goal_space`); push-back's object region is narrowed to where its expert succeeds.
+# peg), so the scene itself would give the variant away. Goal centres are 7.5-15 cm apart, regions at least 5 cm
+# (success radii are 5-7 cm), and every goal is at least 15 cm from every object position, so Meta-World never
+# rejects a layout and a scene seed gives every variant of a task the same objects. The expert observes goals
+# beyond Meta-World's own goal space (`widen_goal_space`); push-back's object region is narrowed to where its
+# expert succeeds.
 
 _X3 = {"left": -0.15, "center": 0.0, "right": 0.15}
 _X5 = {"far-left": -0.2, "left": -0.1, "center": 0.0, "right": 0.1, "far-right": 0.2}
@@ -163,24 +164,30 @@ MIRROR_FINE: tuple[Variation, ...] = (
         "move the puck around the wall without lifting it, to the spot {x}")),
     # push-back's expert fails sideways goals one time in two: the variants are how far the puck comes back
     *_along("push-back", {
-        "short": ((0.0, 0.655), ("pull the puck back a short way", "bring the puck a little toward you",
-                                 "drag the puck back just a few centimetres", "slide the puck back slightly")),
-        "middle": ((0.0, 0.5775), ("pull the puck back halfway to the robot", "bring the puck toward you, stopping midway",
-                                 "drag the puck back to the middle of the table", "slide the puck back a medium distance")),
-        "long": ((0.0, 0.5), ("pull the puck all the way back to the robot", "bring the puck right up to you",
-                                "drag the puck back as far as it goes", "slide the puck back a long way")),
+        "short": ((0.0, 0.655), (
+            "pull the puck back a short way", "bring the puck a little toward you",
+            "drag the puck back just a few centimetres", "slide the puck back slightly")),
+        "middle": ((0.0, 0.5775), (
+            "pull the puck back halfway to the robot", "bring the puck toward you, stopping midway",
+            "drag the puck back to the middle of the table", "slide the puck back a medium distance")),
+        "long": ((0.0, 0.5), (
+            "pull the puck all the way back to the robot", "bring the puck right up to you",
+            "drag the puck back as far as it goes", "slide the puck back a long way")),
     }, 0.01, (0.0199, 0.0201), objects=((-0.06, 0.82, 0.02), (0.06, 0.85, 0.02))),
     *_grid("pick-place", _X3, {k: _HEIGHT[k] for k in ("low", "high")}, _FAR, (
         "pick up the puck and place it {x}, {z}", "lift the puck and carry it {xdir}, {zdir}",
-        "grab the puck and bring it to the {zadj} {xadj} target", "move the puck through the air to the {xadj} spot {z}")),
+        "grab the puck and bring it to the {zadj} {xadj} target",
+        "move the puck through the air to the {xadj} spot {z}")),
     *_grid("pick-place-wall", _X3, {k: _HEIGHT[k] for k in ("low", "high")}, _FAR, (
         "pick up the puck and place it over the wall {x}, {z}",
         "lift the puck over the wall and carry it {xdir}, {zdir}",
         "grab the puck and bring it past the wall to the {zadj} {xadj} target",
         "move the puck over the wall to the {xadj} spot {z}")),
     *_grid("pick-out-of-hole", _X3, {"low": (0.15, 0.19), "high": (0.26, 0.3)}, (0.52, 0.58), (
-        "pick the peg out of the hole and hold it {x}, {z}", "pull the peg out of the hole and move it {xdir}, {zdir}",
-        "take the peg out and bring it to the {zadj} {xadj} spot", "lift the peg from the hole to the {xadj} target {z}")),
+        "pick the peg out of the hole and hold it {x}, {z}",
+        "pull the peg out of the hole and move it {xdir}, {zdir}",
+        "take the peg out and bring it to the {zadj} {xadj} spot",
+        "lift the peg from the hole to the {xadj} target {z}")),
     *_grid("coffee-pull", _X5, {"table": (-0.001, 0.001)}, (0.5, 0.54), (
         "pull the mug from the coffee machine to the target {x}", "slide the mug out of the machine, {xdir}",
         "drag the cup away from the coffee machine to the {xadj} spot",
@@ -188,34 +195,42 @@ MIRROR_FINE: tuple[Variation, ...] = (
     # plate-slide-back's expert ignores the goal: it pulls the plate out, right, then left, and the episode ends
     # where the plate reaches the goal, so the goals lie on that path
     *_along("plate-slide-back", {
-        "left": ((-0.15, 0.615), ("slide the plate out of the net and leave it on the left",
-                                  "pull the plate back out of the goal to the left spot",
-                                  "drag the plate from the net over to the left", "take the plate out of the net, ending left")),
-        "center": ((0.0, 0.615), ("slide the plate out of the net and leave it in the middle",
-                                  "pull the plate back out of the goal to the middle spot",
-                                  "drag the plate from the net to the center", "take the plate out of the net, ending in the middle")),
-        "right": ((0.13, 0.635), ("slide the plate out of the net and leave it on the right",
-                                  "pull the plate back out of the goal to the right spot",
-                                  "drag the plate from the net over to the right", "take the plate out of the net, ending right")),
+        "left": ((-0.15, 0.615), (
+            "slide the plate out of the net and leave it on the left",
+            "pull the plate back out of the goal to the left spot",
+            "drag the plate from the net over to the left", "take the plate out of the net, ending left")),
+        "center": ((0.0, 0.615), (
+            "slide the plate out of the net and leave it in the middle",
+            "pull the plate back out of the goal to the middle spot",
+            "drag the plate from the net to the center", "take the plate out of the net, ending in the middle")),
+        "right": ((0.13, 0.635), (
+            "slide the plate out of the net and leave it on the right",
+            "pull the plate back out of the goal to the right spot",
+            "drag the plate from the net over to the right", "take the plate out of the net, ending right")),
     }, 0.015, (0.0149, 0.0151)),
     # the plate starts in the net and leaves it sideways: how far it goes is the variant
     *_along("plate-slide-back-side", {
-        "short": ((-0.05, 0.6), ("slide the plate a short way out of the net", "pull the plate just out of the goal",
-                          "drag the plate a little way from the net", "move the plate out of the net, stopping close to it")),
-        "middle": ((0.07, 0.6), ("slide the plate out of the net to the middle of the table",
-                          "pull the plate out of the goal to the center", "drag the plate from the net halfway across",
-                          "move the plate out of the net, stopping in the middle")),
-        "far": ((0.19, 0.6), ("slide the plate out of the net all the way across", "pull the plate far away from the goal",
-                       "drag the plate from the net to the far side", "move the plate out of the net as far as it goes")),
+        "short": ((-0.05, 0.6), (
+            "slide the plate a short way out of the net", "pull the plate just out of the goal",
+            "drag the plate a little way from the net", "move the plate out of the net, stopping close to it")),
+        "middle": ((0.07, 0.6), (
+            "slide the plate out of the net to the middle of the table", "pull the plate out of the goal to the center",
+            "drag the plate from the net halfway across", "move the plate out of the net, stopping in the middle")),
+        "far": ((0.19, 0.6), (
+            "slide the plate out of the net all the way across", "pull the plate far away from the goal",
+            "drag the plate from the net to the far side", "move the plate out of the net as far as it goes")),
     }, 0.02, (0.0149, 0.0151)),
     # the plate starts in front of the net and slides sideways toward it
     *_along("plate-slide-side", {
-        "short": ((-0.14, 0.6), ("slide the plate a short way toward the net", "nudge the plate sideways, well short of the goal",
-                          "push the plate a little toward the net but not into it", "move the plate partway to the net")),
-        "mouth": ((-0.26, 0.6), ("slide the plate sideways to the mouth of the net", "push the plate sideways up to the goal",
-                          "move the plate sideways until it reaches the net", "bring the plate to the edge of the net")),
-        "deep": ((-0.38, 0.6), ("slide the plate sideways deep into the net", "push the plate all the way into the goal",
-                         "shove the plate sideways to the back of the net", "move the plate as far into the net as it goes")),
+        "short": ((-0.14, 0.6), (
+            "slide the plate a short way toward the net", "nudge the plate sideways, well short of the goal",
+            "push the plate a little toward the net but not into it", "move the plate partway to the net")),
+        "mouth": ((-0.26, 0.6), (
+            "slide the plate sideways to the mouth of the net", "push the plate sideways up to the goal",
+            "move the plate sideways until it reaches the net", "bring the plate to the edge of the net")),
+        "deep": ((-0.38, 0.6), (
+            "slide the plate sideways deep into the net", "push the plate all the way into the goal",
+            "shove the plate sideways to the back of the net", "move the plate as far into the net as it goes")),
     }, 0.02, (-0.001, 0.001)),
 )
 
