@@ -246,6 +246,7 @@ def calibration_section(result: dict | None) -> list[str]:
     """The `fine` preset's calibration: one seed per attempt, against the targets the powered benchmark needs."""
     if result is None:
         return []
+    pc = lambda x: "n/a" if x is None else f"{100 * x:.1f}"  # noqa: E731  (a fraction, in percent)
     lines = ["## Calibration of the `fine` preset", "",
              "Command: `python benchmarks/calibrate_fine.py --data DIR --attempt NAME[:key=value,...]` (DIR: "
              "`mirroralign generate --preset fine`; seed 0; the independent baselines only). Targets: per-task "
@@ -256,11 +257,11 @@ def calibration_section(result: dict | None) -> list[str]:
              "minutes |", "|---|---|---|---|---|---|---|---|---|---|"]
     for a in result["attempts"]:
         met = ", ".join(k.replace("recognition_per_task_", "") for k, ok in a["meets"].items() if ok) or "none"
-        lines.append(f"| {a['attempt']} | {' '.join(a['overrides']) or '-'} | {pct(a['recognition_per_task_train'])} % "
-                     f"| {pct(a['recognition_per_task_heldout'])} % | {pct(a['chance_per_task'])} % | "
-                     f"{pct(a['recognition_all_train'])} / {pct(a['recognition_all_heldout'])} % | "
-                     f"{pct(a['recognition_early_train'])} % | {pct(a['success'])} % [{pct(a['success_ci95'][0])}, "
-                     f"{pct(a['success_ci95'][1])}] | {met} | {sum(a['seconds'].values()) / 60:.0f} |")
+        lines.append(f"| {a['attempt']} | {' '.join(a['overrides']) or '-'} | {pc(a['recognition_per_task_train'])} % "
+                     f"| {pc(a['recognition_per_task_heldout'])} % | {pc(a['chance_per_task'])} % | "
+                     f"{pc(a['recognition_all_train'])} / {pc(a['recognition_all_heldout'])} % | "
+                     f"{pc(a['recognition_early_train'])} % | {pc(a['success'])} % [{pc(a['success_ci95'][0])}, "
+                     f"{pc(a['success_ci95'][1])}] | {met} | {sum(a['seconds'].values()) / 60:.0f} |")
     probed = [a for a in result["attempts"] if "probes" in a]
     if probed:
         lines += ["", "Probes of the independent pair (Recall@1 u→e / e→u; step 0: the same probe on the untrained "
@@ -268,8 +269,8 @@ def calibration_section(result: dict | None) -> list[str]:
         names = {"probe": "by instruction", "probe_blind": "instruction-blind", "probe_time": "time-aligned"}
         for a in probed:
             for key, q in a["probes"].items():
-                lines.append(f"| {a['attempt']} | {names[key]} | {pct(q['r1_u2e'])} / {pct(q['r1_e2u'])} % | "
-                             f"{pct(q['step0_r1_u2e'])} / {pct(q['step0_r1_e2u'])} % | {pct(q['chance'])} % |")
+                lines.append(f"| {a['attempt']} | {names[key]} | {pc(q['r1_u2e'])} / {pc(q['r1_e2u'])} % | "
+                             f"{pc(q['step0_r1_u2e'])} / {pc(q['step0_r1_e2u'])} % | {pc(q['chance'])} % |")
     return [*lines, "", machine_line(result), ""]
 
 
