@@ -79,7 +79,7 @@ def evaluate(run: str | Path, data: str | Path, out: str | Path, view: str | Non
         raise UsageError(f"--workers must be positive, got {workers}")
     observers = store.manifest["cameras"]["observer"]
     view = view or observers[0]
-    known = simulator_cameras(store.manifest["simulator"])
+    known = simulator_cameras(store.manifest["simulator"]) or (*observers, *store.manifest["cameras"]["agent"])
     if view not in known:
         raise UsageError(f"unknown camera {view!r} (known: {', '.join(known)})")
     if "understanding" in loaded.models and view not in observers and any(
