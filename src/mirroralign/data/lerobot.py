@@ -342,7 +342,7 @@ def export_lerobot(src: str | Path, out: str | Path, version: str = "v3.0", fps:
         data_roll, video_roll = _Rolling(data_file_mb), {c: _Rolling(video_file_mb) for c in cameras}
         episodes, stats_per_episode, extra_episodes, total = [], [], [], 0
         for e, eid in enumerate(tqdm(order, desc="export-lerobot", unit="ep", disable=None if progress else True)):
-            arrays = first if e == 0 else store.load(eid)
+            arrays, first = (first, None) if e == 0 else (store.load(eid), None)  # one episode in memory
             meta = store.episodes[eid]
             table = _frame_table(arrays, e, total, task_of[meta["variation"]], fps)
             n = table.num_rows
