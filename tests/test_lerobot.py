@@ -299,7 +299,7 @@ def test_import_takes_splits_tasks_and_size_from_the_command_and_info(tmp_path):
 @pytest.fixture(scope="module")
 def imported(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("lerobot-import")
-    write_lerobot(root / "src", "v3.0")
+    write_lerobot(root / "src", "v3.0", splits={"train": "0:3", "val": "3:4", "test": "4:9"})  # analyze needs 4 test
     r = run_cli("import-lerobot", root / "src", "--out", root / "data", "--observer", "top", "--cameras", "top",
                 "wrist")
     assert r.returncode == 0, r.stderr
@@ -324,7 +324,7 @@ def test_train_evaluate_and_analyze_take_an_import(imported, tmp_path, mode):
         r = run_cli("evaluate", "--run", run, "--data", imported, "--out", tmp_path / "eval", "--no-rollouts")
         assert r.returncode == 0, r.stderr
         recognition = json.loads((tmp_path / "eval" / "metrics.json").read_text())["recognition"]
-        assert recognition["n"] == 3 and recognition["view"] == "top"
+        assert recognition["n"] == 5 and recognition["view"] == "top"
         r = run_cli("analyze", "--runs", run, "--data", imported, "--out", tmp_path / "analysis")
         assert r.returncode == 0, r.stderr
         assert (tmp_path / "analysis" / "analysis.json").is_file()
