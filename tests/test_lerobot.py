@@ -459,3 +459,33 @@ def test_conversion_streams_episode_by_episode(tmp_path):
     assert peaks["import-large"] - peaks["import-small"] < 25, peaks
     back = EpisodeStore(tmp_path / "back-large")
     assert len(back.episodes) == 16 and back.load("wave/train-0015")["agent.b"].shape == (41, 128, 128, 3)
+
+
+def test_import_reads_image_features_png_in_parquet(tmp_path):
+    """Older LeRobot datasets keep frames as PNG bytes in the parquet (`dtype: image`), e.g. `observation.image`."""
+    import io
+
+    from PIL import Image
+
+    src = write_lerobot(tmp_path / "src", "v2.1")
+    info = json.loads((src / "meta" / "info.json").read_text())
+    info["features"]["observation.image"] = {"dtype": "image", "shape": [32, 32, 3],
+                                             "names": ["height", "width", "channels"]}
+    (src / "meta" / "info.json").write_text(json.dumps(info))
+    for e in range(len(LENGTHS)):
+        path = src / "data" / "chunk-000" / f"episode_{e:06d}.parquet"
+        pngs = []
+        for f in frames(e, "top"):
+            buf = io.BytesIO()
+            Image.fromarray(f).save(buf, format="PNG")
+            pngs.append({"bytes": buf.getvalue(), "path": None})
+        table = pq.read_table(path)
+        pq.write_table(table.append_column("observation.image", pa.array(pngs)), path)
+    out = tmp_path / "data"
+    r = run_cli("import-lerobot", src, "--out", out, "--observer", "image", "--cameras", "wrist")
+    assert r.returncode == 0, r.stderr
+    store = EpisodeStore(out)
+    assert store.manifest["cameras"] == {"observer": ["image"], "agent": ["wrist"]}
+    for eid, meta in store.episodes.items():
+        e = int(meta["source"].split()[-1])
+        np.testing.assert_array_equal(store.load(eid)["observer.image"], frames(e, "top"))

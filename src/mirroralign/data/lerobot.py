@@ -559,11 +559,16 @@ def _read_episodes(src: Path, info: dict, video_keys: list[str]) -> list[dict]:
     return rows
 
 
+def camera_name(key: str) -> str:
+    """Our name of a camera feature: `observation.images.top` -> `top`, `observation.image` -> `image`."""
+    return re.sub(r"^observation\.(images\.)?", "", key)
+
+
 def _camera_key(name: str, cameras: list[str], features: dict) -> str:
     if name in cameras:
         return name
-    if IMAGE_PREFIX + name in cameras:
-        return IMAGE_PREFIX + name
+    if matches := [k for k in cameras if camera_name(k) == name]:
+        return matches[0]
     raise UsageError(f"no camera feature {name!r} in the LeRobot dataset (cameras: {', '.join(cameras) or 'none'}; "
                      f"features: {', '.join(features)})")
 
@@ -691,7 +696,7 @@ def import_lerobot(src: str | Path, out: str | Path, observer: str, cameras: lis
                 raise UsageError(f"no task {t!r} in the LeRobot dataset (tasks: {'; '.join(sorted(known))})")
             wanted.append(text)
         episodes = [ep for ep in episodes if ep["tasks"][0] in wanted]
-    name = lambda key: key.removeprefix(IMAGE_PREFIX)  # noqa: E731
+    name = camera_name
     observer_cam, agent_cams = name(observer_key), [name(k) for k in agent_keys]
 
     # variations: ours (with paraphrases) from an export of ours, else one per task string (its own task)
