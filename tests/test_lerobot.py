@@ -95,6 +95,22 @@ def test_lossless_and_lerobot_default_codecs(tiny_dataset, tmp_path):
     assert 25 < _round_trip(tiny_dataset, tmp_path / "av1", tmp_path / "back-av1") < 35
 
 
+def test_v3_files_roll_over_at_their_size_limits(tiny_dataset, tmp_path):
+    """With tiny size limits every data and video file fills after an episode or two: new files, then new chunk
+    indices in the episode metadata, and the round trip is unchanged."""
+    from mirroralign.data.lerobot import export_lerobot
+
+    out = export_lerobot(tiny_dataset, tmp_path / "lr", vcodec="libx264rgb", progress=False, data_file_mb=0.005,
+                         video_file_mb=0.03)
+    data_files = sorted((out / "data").glob("*/*.parquet"))
+    videos = sorted((out / "videos" / "observation.images.corner").glob("*/*.mp4"))
+    assert len(data_files) > 3 and 3 < len(videos) < 18  # several files, several episodes in some
+    episodes = pd.read_parquet(out / "meta" / "episodes" / "chunk-000" / "file-000.parquet")
+    assert episodes["data/file_index"].nunique() == len(data_files)
+    assert episodes["videos/observation.images.corner/file_index"].value_counts().max() > 1
+    assert _round_trip(tiny_dataset, out, tmp_path / "back") == np.inf
+
+
 # ------------------------------------------------------------------------------- read the way LeRobot does
 
 def hf_features(features: dict):

@@ -382,9 +382,7 @@ def export_lerobot(src: str | Path, out: str | Path, version: str = "v3.0", fps:
                                     fps, vcodec, crf, size, size)
                     w.write(frames[c])
                     w.close()
-            ep_stats = {k: feature_stats(table.column(k).combine_chunks().flatten().to_numpy(zero_copy_only=False)
-                                         .reshape(n, -1) if features[k]["shape"] != [1] else
-                                         table.column(k).to_numpy(zero_copy_only=False)) for k in numeric}
+            ep_stats = {k: feature_stats(_column(table, k, src)) for k in numeric}
             ep_stats |= {IMAGE_PREFIX + c: feature_stats(frames[c], image=True) for c in cameras}
             stats_per_episode.append(ep_stats)
             episodes.append(row)
