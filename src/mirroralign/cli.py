@@ -72,6 +72,26 @@ def cmd_import_rlbench(args) -> int:
     return 0
 
 
+def cmd_export_lerobot(args) -> int:
+    from mirroralign.data.lerobot import export_lerobot
+
+    root = export_lerobot(args.dir, args.out, version=args.format, fps=args.fps, vcodec=args.vcodec, crf=args.crf)
+    print(f"LeRobot dataset ({args.format}): {root}")
+    return 0
+
+
+def cmd_import_lerobot(args) -> int:
+    from mirroralign.data.lerobot import import_lerobot
+
+    def names(values):  # `--cameras a b` and `--cameras a,b` both work
+        return None if values is None else [n for v in values for n in v.split(",") if n]
+
+    root = import_lerobot(args.src, args.out, observer=args.observer, cameras=names(args.cameras), state=args.state,
+                          action=args.action, tasks=args.tasks, image_size=args.image_size)
+    print(f"dataset: {root}")
+    return 0
+
+
 def cmd_verify(args) -> int:
     from mirroralign.data.store import DATASET_FILES, MANIFEST, EpisodeStore
 
@@ -165,6 +185,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--observer", help="observer camera (default: overhead)")
     p.add_argument("--image-size", type=int, help="resize every image to this square size (default: as stored)")
     p.set_defaults(func=cmd_import_rlbench)
+
+    p = sub.add_parser("export-lerobot", help="write a dataset as a LeRobotDataset (v3.0 or v2.1)")
+    p.add_argument("dir", help="a mirroralign dataset")
+    p.add_argument("--out", required=True, help="the LeRobot dataset folder to write")
+    p.add_argument("--format", default="v3.0", help="v3.0 (default) | v2.1")
+    p.add_argument("--fps", type=int, help="frames per second (default: the simulator's, Meta-World 80)")
+    p.add_argument("--vcodec", default="libx264",
+                   help="libx264 (default: yuv444p, crf 6) | libsvtav1 (LeRobot's own: yuv420p, crf 30) | "
+                        "libx264rgb (crf 0: lossless)")
+    p.add_argument("--crf", type=int, help="constant rate factor (default: the codec's, above)")
+    p.set_defaults(func=cmd_export_lerobot)
+
+    p = sub.add_parser("import-lerobot", help="convert a LeRobotDataset (v3.0 or v2.1) into a dataset")
+    p.add_argument("src", help="a local LeRobotDataset folder (meta/info.json, data/, videos/)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--observer", required=True, help="camera feature key of the observer, e.g. observation.images.top")
+    p.add_argument("--cameras", nargs="+", help="agent camera feature keys (default: every other camera)")
+    p.add_argument("--state", default="observation.state", help="proprioception feature key")
+    p.add_argument("--action", default="action", help="action feature key")
+    p.add_argument("--tasks", nargs="+", help="subset of the tasks, by task string or task index")
+    p.add_argument("--image-size", type=int, help="resize every image to this square size (default: as stored)")
+    p.set_defaults(func=cmd_import_lerobot)
 
     p = sub.add_parser("verify", help="check every stored file against its checksum")
     p.add_argument("dir")

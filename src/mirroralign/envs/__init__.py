@@ -6,6 +6,7 @@ from mirroralign.envs.base import Env, Observation, Variation
 from mirroralign.errors import UsageError
 
 SIMULATORS = ("metaworld", "rlbench")
+RECORDED = ("lerobot",)  # datasets imported from elsewhere, with no simulator to roll out in
 
 
 def make_env(simulator: str, task: str, image_size: int = 64, render_cameras=(), fidelity: str = "fast") -> Env:
@@ -33,6 +34,8 @@ def check_simulator(simulator: str) -> None:
             import mirroralign.envs.rlbench  # noqa: F401
         except RLBenchUnavailable as err:
             raise UsageError(str(err)) from None
+    elif simulator in RECORDED:
+        raise UsageError(f"a {simulator} import has no simulator to roll out in")
     elif simulator not in SIMULATORS:
         raise UsageError(f"unknown simulator {simulator!r} (known: {', '.join(SIMULATORS)})")
 
@@ -46,6 +49,8 @@ def simulator_cameras(simulator: str) -> tuple[str, ...]:
         from mirroralign.envs.rlbench_spec import CAMERAS as RLBENCH_CAMERAS
 
         return RLBENCH_CAMERAS
+    if simulator in RECORDED:
+        return ()  # nothing can be rendered: only the recorded cameras exist
     raise UsageError(f"unknown simulator {simulator!r} (known: {', '.join(SIMULATORS)})")
 
 

@@ -80,7 +80,8 @@ def evaluate(run: str | Path, data: str | Path, out: str | Path, view: str | Non
         raise UsageError(f"--workers must be positive, got {workers}")
     observers = store.manifest["cameras"]["observer"]
     view = view or observers[0]
-    known = known_views(store.manifest["simulator"])
+    # an import without a simulator (LeRobot) renders nothing: its recorded cameras are all there is
+    known = known_views(store.manifest["simulator"]) or (*observers, *store.manifest["cameras"]["agent"])
     if view not in known:
         raise UsageError(f"unknown camera or view {view!r} (known: {', '.join(known)})")
     if "understanding" in loaded.models and not store.episode_ids("test"):
