@@ -4,7 +4,7 @@ length, workers) and `train.device` apply to that config, and the fine-tuned run
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 
 import yaml
@@ -37,6 +37,7 @@ class FinetuneConfig:
     max_weight: float = 20.0
     windows: int = 1  # understanding reward: 1: the whole clip, at the end (RoboCLIP); W: mean over W windows
     probe_steps: int = 64  # demonstration steps on which the divergence from the starting policy is measured
+    variations: list[str] = field(default_factory=list)  # variation ids rolled out (empty: all of --data's)
     seed: int = 0
 
 

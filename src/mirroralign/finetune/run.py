@@ -56,9 +56,9 @@ from mirroralign.train import NumericalError, load_run, pick_device
 STEP_KEYS = ("images", "proprio", "actions", "action_is_pad", "text_index")
 
 
-def rollout_plan(n_variations: int, episodes: int, iteration: int, data_seed: int) -> list[tuple[int, int, int]]:
+def rollout_plan(variations: list[int], episodes: int, iteration: int, data_seed: int) -> list[tuple[int, int, int]]:
     """(variation, k, scene seed) of iteration i's rollouts: train scenes k = i * episodes + j, never a test one."""
-    return [(v, k, scene_seed(data_seed, "train", k)) for v in range(n_variations)
+    return [(v, k, scene_seed(data_seed, "train", k)) for v in variations
             for k in range(iteration * episodes, (iteration + 1) * episodes)]
 
 
@@ -174,6 +174,10 @@ def finetune(run: str | Path, data: str | Path, out: str | Path, reward: str = "
         raise UsageError("--scorer is for a learned reward (--reward understanding); success needs none")
     if ft.reward != "success" and scorer is None:
         raise UsageError(f"--reward {ft.reward} needs --scorer: an understand or mirror run that scores the clips")
+    unknown = sorted(set(ft.variations) - set(store.variation_index))
+    if unknown:
+        raise UsageError(f"finetune.variations names variations --data does not have: {', '.join(unknown)}")
+    rolled = sorted(store.variation_index[v] for v in ft.variations) or list(range(len(store.variations)))
     judge = _validated_scorer(scorer, store) if scorer is not None else None
     config = parent_config(parent.config, theirs)
     out = Path(out)
@@ -225,7 +229,7 @@ def finetune(run: str | Path, data: str | Path, out: str | Path, reward: str = "
             t0 = time.perf_counter()
             policy.eval()
             records, stats = run_rollouts(policy, store, config, progress=False,
-                                          plan=rollout_plan(len(store.variations), ft.episodes, i, data_seed),
+                                          plan=rollout_plan(rolled, ft.episodes, i, data_seed),
                                           act=exploring_act(ft, i, clip))
             success = np.array([r["success"] for r in records], dtype=float)
             returns = success if scoring is None else understanding_rewards(scoring, records, observer, ft.windows)
