@@ -50,8 +50,8 @@ def read_checkpoint_record(path: Path) -> dict:
 def save_checkpoint(run: Path, step: int, models: nn.ModuleDict, optimizer: torch.optim.Optimizer,
                     launch: dict) -> Path:
     """Weights, optimiser state and RNG state in safetensors; step, optimiser hyper-parameters, the processes
-    that trained it (`launch`: train's `launch_record`) and the file's sha256 in JSON; `latest.json` moved last, so a kill at any
-    moment leaves the previous checkpoint intact, and so does a failed write (disk full, read-only: OSError). The
+    that trained it (`launch`: train's `launch_record`) and the file's sha256 in JSON; `latest.json` moved last,
+    so a kill at any moment leaves the previous checkpoint intact, and so does a failed write (disk full, read-only: OSError). The
     record is also sealed in the safetensors header, so a damaged record (a changed step or learning rate) is
     caught, not just a damaged file."""
     folder = run / CHECKPOINTS
