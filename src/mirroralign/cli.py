@@ -126,6 +126,21 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_finetune(args) -> int:
+    from mirroralign.finetune.run import finetune
+    from mirroralign.train import NumericalError
+
+    overrides = [*([f"finetune.seed={args.seed}"] if args.seed is not None else []),
+                 *([f"finetune.iterations={args.iterations}"] if args.iterations is not None else []), *args.overrides]
+    try:
+        run = finetune(args.run, args.data, args.out, reward=args.reward, scorer=args.scorer, algo=args.algo,
+                       preset=args.preset, overrides=overrides)
+    except NumericalError as err:
+        raise DataError(str(err)) from None
+    print(f"run: {run}")
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from mirroralign.evaluate.run import evaluate
 
@@ -219,6 +234,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     _config_args(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("finetune", help="RL fine-tuning of a run's policy in simulation, on train scenes (resumable)")
+    p.add_argument("--run", required=True, help="the execute or mirror run whose policy starts")
+    p.add_argument("--data", required=True, help="the dataset: its variations, train scenes and demonstrations")
+    p.add_argument("--out", required=True, help="the fine-tuned run (an execute run: evaluate takes it)")
+    p.add_argument("--reward", required=True, choices=["success", "understanding"])
+    p.add_argument("--scorer", help="the understand or mirror run that scores the clips (learned rewards)")
+    p.add_argument("--algo", default="awr", choices=["awr"], help="awr: advantage-weighted regression / filtered BC")
+    p.add_argument("--preset", help="budget (finetune.* defaults; default: the run's preset)")
+    p.add_argument("--iterations", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="finetune.*, eval.* or train.device overrides")
+    p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("evaluate", help="recognition accuracy and simulator rollouts of a trained run")
     p.add_argument("--run", required=True)

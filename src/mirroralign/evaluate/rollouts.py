@@ -108,15 +108,19 @@ class _Slot:
 
 
 def run_rollouts(policy, store, config: Config, seed: int = 0, episodes: int | None = None,
-                 variations: list[int] | None = None, progress: bool = True) -> tuple[list[dict], dict]:
+                 variations: list[int] | None = None, progress: bool = True,
+                 plan: list[tuple[int, int, int]] | None = None, act=None) -> tuple[list[dict], dict]:
     """Roll `policy` out on the test scenes of every variation; returns (records, stats). Each record holds
-    variation, k, scene seed, success, steps, and the arrays of the rollout."""
+    variation, k, scene seed, success, steps, and the arrays of the rollout. `plan` replaces the test scenes by
+    (variation, k, scene seed) triples (finetune: train scenes); `act` replaces `_act` (same signature)."""
     v = config.eval
     cams = store.manifest["cameras"]
     agent, observer = cams["agent"], cams["observer"]
     n = v.episodes if episodes is None else episodes
-    todo = deque(Episode(i, k, scene_seed(seed, "test", k))
-                 for i in (variations if variations is not None else range(len(store.variations))) for k in range(n))
+    if plan is None:
+        plan = [(i, k, scene_seed(seed, "test", k))
+                for i in (variations if variations is not None else range(len(store.variations))) for k in range(n)]
+    todo = deque(Episode(i, k, s) for i, k, s in plan)
     total = len(todo)
     ctx = get_context("spawn")
     args = (store.manifest["simulator"], store.manifest["image_size"], agent, observer, store.fidelity, v.max_steps)
@@ -171,7 +175,7 @@ def run_rollouts(policy, store, config: Config, seed: int = 0, episodes: int | N
                 elif slot.proc.sentinel in ready or slot.timed_out(v.worker_timeout_s):
                     retry(slot)  # died without a reply, or hangs
             if waiting:
-                chunks = _act(policy, store, config, [s.episode for s in waiting], device)
+                chunks = (act or _act)(policy, store, config, [s.episode for s in waiting], device)
                 for slot, chunk in zip(waiting, chunks):
                     slot.episode.actions += list(chunk[: v.execute_steps])
                     slot.send(("act", chunk[: v.execute_steps]))

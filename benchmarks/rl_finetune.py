@@ -1,0 +1,136 @@
+"""Does the understanding model's score work as a reward? RL fine-tuning (`mirroralign finetune`, AWR / filtered BC)
+of the baseline execute runs with the oracle `success` reward and the learned `understanding` reward (the baseline
+understand run of the same seed scoring), under the same interaction budget, evaluated on the test scenes.
+
+    python benchmarks/rl_finetune.py [--preset standard] [--seeds 0 1 2] [--root runs/benchmarks] [--data DIR]
+                                     [--variations ID ...] [key=value ...]
+
+Resumable and cached: the baseline runs and their evaluations are the ones of `_mirror.py` (shared with
+mirror_effect.py), each fine-tune lives under ROOT/finetune in a folder named by its settings and resumes from its
+last checkpoint, an evaluation with a metrics file is read back. Results: benchmarks/results/rl_finetune.{json,md},
+rewritten after every seed.
+
+Budget (an estimate from DESIGN.md s7's rendering cost, to be replaced by the measured wall time the results
+record): on `standard`, fine-tuning the six push and pick-place goal variants (the fine-grained ones the
+instruction must disambiguate, and off the success ceiling), 12 iterations x 4 episodes per variation = 288
+episodes (~60k env steps) per fine-tune, ~20 minutes; 2 rewards x 3 seeds = 6 fine-tunes ~2 hours, their 6
+evaluations (120 test rollouts each) ~40 minutes, and the baseline runs ~70 minutes unless mirror_effect.py has
+cached them: about 4 hours on 2 cores. Success is reported on the fine-tuned variations (the endpoint) and over
+all of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from _common import write_results
+from _mirror import config_for, evaluated, pct, seed_ci, signed_pct, trained
+
+from mirroralign.data.generate import generate
+from mirroralign.data.store import EpisodeStore
+from mirroralign.finetune.run import finetune
+
+REWARDS = ("success", "understanding")
+FINE_GRAINED = ["push-left", "push-center", "push-right", "pick-place-left", "pick-place-center", "pick-place-right"]
+
+
+def finetuned(execute: Path, understand: Path, reward: str, data: Path, root: Path, preset: str,
+              overrides: list[str]) -> Path:
+    key = hashlib.sha256(json.dumps([reward, preset, overrides]).encode()).hexdigest()[:10]
+    out = root / "finetune" / f"{reward}-{execute.name}-{key}"
+    return finetune(execute, data, out, reward=reward, scorer=understand if reward != "success" else None,
+                    preset=preset, overrides=overrides)
+
+
+def success_on(metrics: dict, variations: list[str] | None) -> float:
+    """Success rate over the episodes of `variations` (all when None), from an evaluation's metrics."""
+    episodes = [e for e in metrics["rollouts"]["episodes"] if variations is None or e["variation_id"] in variations]
+    return float(np.mean([e["success"] for e in episodes]))
+
+
+def run_summary(run: Path) -> dict:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {"episodes": sum(r["episodes"] for r in rows), "env_steps": rows[-1]["env_steps_total"],
+            "wall_s": sum(r["iteration_s"] for r in rows),
+            "auc_before": rows[0].get("reward_auc"), "auc_after": rows[-1].get("reward_auc"),
+            "learned_reward_before": rows[0]["reward_mean"], "learned_reward_after": rows[-1]["reward_mean"],
+            "reward_hacking_flagged": any(r.get("reward_hacking") for r in rows),
+            "train_success_first": rows[0]["success_rate"], "train_success_last": rows[-1]["success_rate"]}
+
+
+def table(results: dict) -> list[tuple[str, str, str]]:
+    rows = []
+    for reward, r in results["rewards"].items():
+        for scope, before, after in (("fine-tuned variations", "before", "after"),
+                                     ("all variations", "before_all", "after_all")):
+            b, a = np.array(r[before]) / 100, np.array(r[after]) / 100
+            diff = seed_ci(a - b)
+            verdict = ("improves" if diff["low"] is not None and diff["low"] > 0 else
+                       "worsens" if diff["high"] is not None and diff["high"] < 0 else "no detectable change")
+            rows.append((f"{reward}: success, {scope}", f"{pct(seed_ci(b))} -> {pct(seed_ci(a))}",
+                         f"after - before {signed_pct(diff)} over {diff['n']} seeds (t 95 % CI): {verdict}"))
+        auc = r["auc"]
+        if any(v is not None for v in auc["before"]):
+            mean = lambda v: f"{seed_ci(v)['mean']:.2f}" if seed_ci(v)["mean"] is not None else "n/a"  # noqa: E731
+            hacked = sum(r["reward_hacking_flagged"])
+            rows.append((f"{reward}: reward ROC-AUC vs true success", f"{mean(auc['before'])} -> {mean(auc['after'])}",
+                         f"first -> last iteration, on the rollouts it scored, mean over seeds; reward rose while "
+                         f"AUC fell on {hacked} of {len(auc['before'])} seeds"))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="standard")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--root", type=Path, default=Path("runs/benchmarks"))
+    parser.add_argument("--data", type=Path, help="dataset (default: ROOT/data-PRESET, generated if missing)")
+    parser.add_argument("--variations", nargs="+", default=FINE_GRAINED, help="the variations fine-tuned on")
+    parser.add_argument("--name", default="rl_finetune", help="results file name (a smoke run: another)")
+    parser.add_argument("overrides", nargs="*", help="finetune.* / eval.* overrides of every fine-tune")
+    args = parser.parse_args()
+    data = args.data or args.root / f"data-{args.preset}"
+    generate(config_for(args.preset, 0, []), data)  # resumes; returns at once when the dataset is complete
+    if EpisodeStore(data).verify():
+        raise SystemExit(f"dataset {data} failed verification")
+    overrides = [f"finetune.variations=[{','.join(args.variations)}]", *args.overrides]
+
+    results = {reward: {k: [] for k in ("before", "after", "before_all", "after_all", "episodes", "env_steps",
+                                        "wall_s", "auc_before", "auc_after", "learned_reward_before",
+                                        "learned_reward_after", "reward_hacking_flagged", "train_success_first",
+                                        "train_success_last")} for reward in REWARDS}
+    for i, seed in enumerate(args.seeds):
+        config = config_for(args.preset, seed, [])
+        execute, understand = trained(config, "execute", data, args.root), trained(config, "understand", data,
+                                                                                    args.root)
+        before = evaluated(execute, data, args.root)
+        for reward in REWARDS:
+            t0 = time.perf_counter()
+            ft = finetuned(execute, understand, reward, data, args.root, args.preset, overrides)
+            after = evaluated(ft, data, args.root)
+            r = results[reward]
+            r["before"].append(100 * success_on(before, args.variations))
+            r["after"].append(100 * success_on(after, args.variations))
+            r["before_all"].append(100 * success_on(before, None))
+            r["after_all"].append(100 * success_on(after, None))
+            for k, v in run_summary(ft).items():
+                r[k].append(v)
+            print(f"seed {seed} {reward}: success {r['before'][-1]:.1f} -> {r['after'][-1]:.1f} % "
+                  f"({time.perf_counter() - t0:.0f} s this call)")
+        out = {"question": "RL fine-tuning with the oracle success reward vs the understanding model's score, same "
+                           "interaction budget, on the test scenes", "preset": args.preset,
+               "seeds": args.seeds[: i + 1], "seeds_planned": args.seeds, "complete": i + 1 == len(args.seeds),
+               "variations": args.variations, "overrides": overrides, "data": str(data),
+               "rewards": {reward: {**{k: v for k, v in r.items() if not k.startswith("auc_")},
+                                    "auc": {"before": r["auc_before"], "after": r["auc_after"]}}
+                           for reward, r in results.items()}}
+        write_results(args.name, out, table(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""The settings of `mirroralign finetune`: a typed dataclass, budgets per preset in `configs/finetune.yaml`,
+`finetune.<key>=value` overrides. The policy's own settings are its parent run's; `eval.*` overrides (rollout
+length, workers) and `train.device` apply to that config, and the fine-tuned run keeps them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from mirroralign.config import PRESETS, SEED_LIMIT, Config, validate
+from mirroralign.data.generate import SPLIT_OFFSET
+from mirroralign.errors import UsageError
+from mirroralign.finetune.rewards import REWARDS
+
+ALGOS = ("awr",)
+
+
+@dataclass
+class FinetuneConfig:
+    reward: str = "success"  # success | understanding (see finetune/rewards.py)
+    algo: str = "awr"  # see finetune/awr.py
+    iterations: int = 12
+    episodes: int = 4  # rollouts per variation and iteration (>= 2: the baseline is their mean)
+    updates: int = 60  # gradient steps per iteration
+    batch_size: int = 32
+    demo_fraction: float = 0.5  # of each batch: demonstration steps (the rest: this iteration's rollout steps)
+    demo_weight: float = 1.0  # a demonstration step's weight in the loss (a rollout step's: its advantage weight)
+    lr: float = 3e-5
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    noise: float = 0.1  # scale of the Laplace exploration noise added to every predicted action
+    temperature: float = 1.0  # beta of exp(A / beta) on normalised advantages; 0: filtered BC
+    max_weight: float = 20.0
+    windows: int = 1  # understanding reward: 1: the whole clip, at the end (RoboCLIP); W: mean over W windows
+    probe_steps: int = 64  # demonstration steps on which the divergence from the starting policy is measured
+    variations: list[str] = field(default_factory=list)  # variation ids rolled out (empty: all of --data's)
+    seed: int = 0
+
+
+def split_overrides(overrides) -> tuple[list[str], list[str]]:
+    """(finetune.* overrides without their prefix, overrides of the parent's config); anything else is refused."""
+    own, parent = [], []
+    for item in overrides:
+        if "=" not in item:
+            raise UsageError(f"override {item!r} is not of the form key=value")
+        if item.startswith("finetune."):
+            own.append(item[len("finetune."):])
+        elif item.startswith("eval.") or item.startswith("train.device="):
+            parent.append(item)
+        else:
+            raise UsageError(f"finetune takes finetune.*, eval.* and train.device overrides, not {item!r}: the "
+                             f"policy's model and training settings are its run's")
+    return own, parent
+
+
+def load_finetune_config(preset: str, overrides) -> FinetuneConfig:
+    if preset not in PRESETS:
+        raise UsageError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
+    try:
+        presets = yaml.safe_load(resources.files("mirroralign").joinpath("configs/finetune.yaml").read_text())
+        cfg = OmegaConf.merge(OmegaConf.structured(FinetuneConfig), presets.get(preset) or {},
+                              OmegaConf.from_dotlist(list(overrides)))
+        ft: FinetuneConfig = OmegaConf.to_object(cfg)
+    except (OmegaConfBaseException, ValueError, TypeError) as err:
+        raise UsageError(f"bad config: {str(err).strip().splitlines()[0]}") from None
+    checks = [
+        (ft.reward in REWARDS, f"--reward must be one of {', '.join(REWARDS)}, got {ft.reward!r}"),
+        (ft.algo in ALGOS, f"--algo must be one of {', '.join(ALGOS)}, got {ft.algo!r}"),
+        (ft.iterations > 0 and ft.updates > 0, "finetune.iterations and finetune.updates must be positive"),
+        (ft.episodes >= 2, f"finetune.episodes must be >= 2 (an episode's baseline is the mean return of its "
+                           f"variation's rollouts), got {ft.episodes}"),
+        (ft.iterations * ft.episodes <= SPLIT_OFFSET["val"], "finetune.iterations * finetune.episodes exceeds the "
+                                                             "train split's scene seeds"),
+        (ft.batch_size >= 2 and 0 <= ft.demo_fraction < 1, "finetune.batch_size must be >= 2 and "
+                                                           "finetune.demo_fraction in [0, 1)"),
+        (ft.lr > 0 and ft.weight_decay >= 0 and ft.grad_clip > 0, "finetune.lr and grad_clip must be positive, "
+                                                                  "weight_decay >= 0"),
+        (ft.noise >= 0 and ft.temperature >= 0 and ft.max_weight >= 1 and ft.demo_weight >= 0,
+         "finetune.noise, temperature and demo_weight must be >= 0, max_weight >= 1"),
+        (ft.windows >= 1 and ft.probe_steps >= 1, "finetune.windows and finetune.probe_steps must be positive"),
+        (0 <= ft.seed < SEED_LIMIT, f"finetune.seed must be in 0..{SEED_LIMIT - 1}, got {ft.seed}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UsageError(message)
+    return ft
+
+
+def parent_config(config: Config, overrides: list[str]) -> Config:
+    """The parent run's config with the eval.* / train.device overrides."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(config), OmegaConf.from_dotlist(overrides))
+        config = OmegaConf.to_object(merged)
+    except (OmegaConfBaseException, ValueError, TypeError) as err:
+        raise UsageError(f"bad config: {str(err).strip().splitlines()[0]}") from None
+    validate(config)
+    return config

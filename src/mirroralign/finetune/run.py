@@ -1,0 +1,313 @@
+"""`mirroralign finetune`: RL fine-tuning of an execute or mirror run's policy in the simulator, on train scenes.
+
+The output is a run directory of mode `execute` (run.json: the parent's config with the eval overrides, plus
+`finetune`: the settings and the parent and scorer runs with their checkpoints' sha256) with the same checkpoint
+layout as `train`'s (step = iteration), so `evaluate` and `analyze` take it as any execute run, on the test
+scenes it never saw.
+
+Iteration i: (1) roll the policy out with Laplace exploration noise on `episodes` train scenes per variation:
+episode j of variation v runs train scene k = i * episodes + j, its noise drawn from an RNG seeded by
+(seed, i, v, k), its chunks from a forward pass of its own (a batch of one), so that no episode depends on which
+others the workers happen to run beside it; (2) reward them and measure the learned reward against true success;
+(3) `updates` AdamW steps on batches of demonstration and rollout steps drawn from an RNG seeded by (seed, i, u);
+(4) checkpoint. A run resumed from its last checkpoint therefore redoes the same rollouts and the same updates.
+Ctrl-C during the updates finishes the iteration, checkpoints it and exits 130; during the rollouts it drops
+that iteration's rollouts (the resume redoes them) and exits 130.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import signal
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+from torch.utils.data import default_collate
+from tqdm import tqdm
+
+from mirroralign.checkpoint import (
+    CHECKPOINTS,
+    last_checkpoint,
+    prepare_run_dir,
+    restore,
+    save_checkpoint,
+    start_run_dir,
+    truncate_metrics,
+)
+from mirroralign.data.datasets import AgentSteps, empty_split_error, to_chw
+from mirroralign.data.generate import scene_seed
+from mirroralign.data.store import EpisodeStore
+from mirroralign.envs import check_simulator
+from mirroralign.errors import DataError, UsageError
+from mirroralign.evaluate.rollouts import _act, run_rollouts
+from mirroralign.finetune.awr import advantage_weights, awr_loss
+from mirroralign.finetune.config import load_finetune_config, parent_config, split_overrides
+from mirroralign.finetune.rewards import correlation, roc_auc, understanding_rewards
+from mirroralign.train import NumericalError, load_run, pick_device
+
+STEP_KEYS = ("images", "proprio", "actions", "action_is_pad", "text_index")
+
+
+def rollout_plan(variations: list[int], episodes: int, iteration: int, data_seed: int) -> list[tuple[int, int, int]]:
+    """(variation, k, scene seed) of iteration i's rollouts: train scenes k = i * episodes + j, never a test one."""
+    return [(v, k, scene_seed(data_seed, "train", k)) for v in variations
+            for k in range(iteration * episodes, (iteration + 1) * episodes)]
+
+
+def exploring_act(ft, iteration: int, clip: bool):
+    """`run_rollouts`'s act: each episode's chunk from a batch of one, plus Laplace noise from its own RNG."""
+    rngs = {}
+
+    def act(policy, store, config, episodes, device):
+        chunks = []
+        for ep in episodes:
+            if not ep.actions:  # the first chunk of this attempt: a retried episode starts its noise over
+                rngs[ep.variation, ep.k] = np.random.default_rng([ft.seed, iteration, ep.variation, ep.k])
+            chunk = _act(policy, store, config, [ep], device)[0]
+            chunk = chunk + rngs[ep.variation, ep.k].laplace(0.0, ft.noise, chunk.shape).astype(np.float32)
+            chunks.append(np.clip(chunk, -1.0, 1.0) if clip else chunk)  # regress what the simulator executed
+        return np.stack(chunks)
+
+    return act
+
+
+class RolloutSteps:
+    """The steps of scored rollouts as execution samples (as `AgentSteps`), each with its episode's weight."""
+
+    def __init__(self, records: list[dict], store: EpisodeStore, horizon: int, weights):
+        cams = store.manifest["cameras"]["agent"]
+        self.horizon = horizon
+        self.episodes = [{"agent": np.stack([to_chw(r["arrays"][f"agent.{c}"]) for c in cams], axis=1),
+                          "proprio": r["arrays"]["proprio"], "actions": r["arrays"]["actions"],
+                          "text_index": store.canonical_text[r["variation"]], "weight": float(w)}
+                         for r, w in zip(records, weights)]
+        self.index = [(e, t) for e, ep in enumerate(self.episodes) for t in range(len(ep["actions"]))]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict:
+        e, t = self.index[i]
+        ep = self.episodes[e]
+        idx = np.arange(t, t + self.horizon)
+        length = len(ep["actions"])
+        return {"images": torch.from_numpy(ep["agent"][t]), "proprio": torch.from_numpy(ep["proprio"][t]),
+                "actions": torch.from_numpy(ep["actions"][np.minimum(idx, length - 1)]),
+                "action_is_pad": torch.from_numpy(idx >= length), "text_index": ep["text_index"],
+                "weight": ep["weight"]}
+
+
+def update_seed(seed: int, iteration: int, update: int) -> int:
+    return (seed * 1_000_003 + iteration) * 100_003 + update
+
+
+def sample_update_batch(demos, rollouts: RolloutSteps, ft, iteration: int, update: int, device) -> dict:
+    """`batch_size` samples, `demo_fraction` of them demonstration steps (weight `demo_weight`), the rest this
+    iteration's rollout steps, all drawn (with their augmentation seeds) from an RNG seeded by (seed, i, u)."""
+    g = torch.Generator().manual_seed(update_seed(ft.seed, iteration, update))
+    n_demo = round(ft.batch_size * ft.demo_fraction)
+    picks = [(demos, i) for i in torch.randint(len(demos), (n_demo,), generator=g).tolist()]
+    picks += [(rollouts, i) for i in torch.randint(len(rollouts), (ft.batch_size - n_demo,), generator=g).tolist()]
+    seeds = torch.randint(2 ** 62, (len(picks),), generator=g).tolist()
+    items = []
+    for (source, i), seed in zip(picks, seeds):
+        torch.default_generator.manual_seed(seed)  # the demonstrations' paraphrase choice
+        item = source[i]
+        items.append({**{k: item[k] for k in STEP_KEYS}, "sample_seed": seed,
+                      "weight": float(item.get("weight", ft.demo_weight))})
+    batch = default_collate(items)
+    batch["weight"] = batch["weight"].float()
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def _validated_scorer(scorer: str | Path, store: EpisodeStore):
+    loaded = load_run(scorer)
+    if loaded.mode not in ("understand", "mirror"):
+        raise UsageError(f"--scorer must be an understand or mirror run (an understanding model), got a "
+                         f"{loaded.mode} run: {scorer}")
+    try:
+        loaded.require_same_tasks(store)
+    except UsageError:
+        raise UsageError(f"--scorer {scorer} was trained on other variations or instructions than --data: its "
+                         f"score would not know the instructions it must tell apart") from None
+    mine, its = store.manifest["cameras"]["observer"][0], loaded.store.manifest["cameras"]["observer"][0]
+    if mine != its or store.manifest["image_size"] != loaded.store.manifest["image_size"]:
+        raise UsageError(f"--scorer {scorer} watched {its!r} at {loaded.store.manifest['image_size']} px; the "
+                         f"rollouts of --data film {mine!r} at {store.manifest['image_size']} px")
+    return loaded
+
+
+def finetune(run: str | Path, data: str | Path, out: str | Path, reward: str = "success",
+             scorer: str | Path | None = None, algo: str = "awr", preset: str | None = None,
+             overrides=(), progress: bool = True) -> Path:
+    """Fine-tune RUN's policy into OUT (resuming OUT's latest checkpoint); returns OUT."""
+    parent = load_run(run)
+    if parent.mode not in ("execute", "mirror"):
+        raise UsageError(f"--run must be an execute or mirror run (a policy to fine-tune), got a {parent.mode} "
+                         f"run: {run}")
+    try:
+        store = EpisodeStore(data)
+    except DataError as err:
+        raise UsageError(f"--data is not a verified dataset: {err}") from None
+    parent.require_same_tasks(store)
+    try:
+        check_simulator(store.manifest["simulator"])
+    except UsageError as err:
+        raise UsageError(f"{err} (finetune rolls the policy out in the simulator)") from None
+    if not store.episode_ids("train"):
+        raise empty_split_error(store, "train", "the demonstrations mixed into every update come from")
+    own, theirs = split_overrides(overrides)
+    ft = load_finetune_config(preset or parent.config.preset, [f"reward={reward}", f"algo={algo}", *own])
+    if ft.reward == "success" and scorer is not None:
+        raise UsageError("--scorer is for a learned reward (--reward understanding); success needs none")
+    if ft.reward != "success" and scorer is None:
+        raise UsageError(f"--reward {ft.reward} needs --scorer: an understand or mirror run that scores the clips")
+    unknown = sorted(set(ft.variations) - set(store.variation_index))
+    if unknown:
+        raise UsageError(f"finetune.variations names variations --data does not have: {', '.join(unknown)}")
+    rolled = sorted(store.variation_index[v] for v in ft.variations) or list(range(len(store.variations)))
+    judge = _validated_scorer(scorer, store) if scorer is not None else None
+    config = parent_config(parent.config, theirs)
+    out = Path(out)
+    run_of = lambda r: {"run": str(r.path.resolve()), "mode": r.mode, "step": r.step,  # noqa: E731
+                        "checkpoint_sha256": r.checkpoint_sha256}
+    identity = {"mode": "execute", "data": str(store.root.resolve()), "config": asdict(config),
+                "finetune": {**asdict(ft), "parent": run_of(parent), "scorer": run_of(judge) if judge else None}}
+    record = prepare_run_dir(out, identity)
+    device = pick_device(config)
+
+    # validated: from here on OUT is written
+    policy = parent.models["execution"].to(device)
+    models = nn.ModuleDict({"execution": policy})  # the layout of an execute run's checkpoints
+    initial = copy.deepcopy(policy).eval()
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=ft.lr, weight_decay=ft.weight_decay)
+    horizon = config.model.execution.horizon
+    demos = AgentSteps(store, "train", horizon=horizon, train=True)
+    fixed = AgentSteps(store, "train", horizon=horizon, train=False)
+    probe = default_collate([{k: fixed[int(i)][k] for k in STEP_KEYS}
+                             for i in np.linspace(0, len(fixed) - 1, min(ft.probe_steps, len(fixed))).round()])
+    probe = {k: v.to(device) for k, v in probe.items()}
+    scoring = judge.models["understanding"].to(device) if judge else None
+    data_seed = store.config.get("data", {}).get("seed", config.data.seed)
+    clip = store.manifest["simulator"] == "metaworld"  # its action space is [-1, 1]
+    observer = store.manifest["cameras"]["observer"][0]
+
+    yaml_text = OmegaConf.to_yaml(OmegaConf.create({**asdict(config), "finetune": asdict(ft)}))
+    start_run_dir(out, {**record, "parameters": {"execution": sum(p.numel() for p in policy.parameters())}},
+                  yaml_text.encode())
+    start = restore(out, models, optimizer)["step"] if (out / CHECKPOINTS / "latest.json").is_file() else 0
+    for name in ("metrics.jsonl", "rollouts.jsonl"):
+        truncate_metrics(out / name, start)
+    if start >= ft.iterations:
+        return out
+    history = _read_rows(out / "metrics.jsonl")
+    env_steps_total = history[-1]["env_steps_total"] if history else 0
+    launch = {"world_size": 1, "backend": None, "device": device.type, "global_batch_size": ft.batch_size,
+              "batch_size_per_rank": ft.batch_size}
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(out / "tensorboard"), purge_step=start)
+    metrics, episodes_log = open(out / "metrics.jsonl", "a"), open(out / "rollouts.jsonl", "a")
+    bar = tqdm(range(start, ft.iterations), initial=start, total=ft.iterations, desc=f"finetune {ft.reward}",
+               disable=not progress)
+    interrupted = []
+    try:
+        for i in bar:
+            t0 = time.perf_counter()
+            policy.eval()
+            records, stats = run_rollouts(policy, store, config, progress=False,
+                                          plan=rollout_plan(rolled, ft.episodes, i, data_seed),
+                                          act=exploring_act(ft, i, clip))
+            success = np.array([r["success"] for r in records], dtype=float)
+            returns = success if scoring is None else understanding_rewards(scoring, records, observer, ft.windows)
+            weights = advantage_weights(returns, [r["variation"] for r in records], ft.temperature, ft.max_weight)
+            rollouts = RolloutSteps(records, store, horizon, weights)
+            steps = sum(r["steps"] for r in records)
+            env_steps_total += steps
+            t_rollout = time.perf_counter() - t0
+
+            previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))  # finish the iteration
+            try:
+                policy.train()
+                losses, norms = [], []
+                for u in range(ft.updates):
+                    batch = sample_update_batch(demos, rollouts, ft, i, u, device)
+                    torch.manual_seed(update_seed(ft.seed, i, u) + 1)  # whatever else draws from torch's RNG
+                    chunk, _ = policy.features(batch)
+                    loss = awr_loss(chunk, batch["actions"], batch["action_is_pad"], batch["weight"])
+                    if not math.isfinite(loss.item()):
+                        raise NumericalError(f"non-finite loss ({loss.item()}) at iteration {i} update {u}; last "
+                                             f"good checkpoint: {last_checkpoint(out)}")
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    norms.append(float(nn.utils.clip_grad_norm_(policy.parameters(), ft.grad_clip)))
+                    optimizer.step()
+                    losses.append(loss.item())
+                policy.eval()
+                divergence = (policy.act(probe) - initial.act(probe)).abs().mean().item()
+                row = _row(i, records, success, returns, weights, scoring is not None, history, steps,
+                           env_steps_total, losses, norms, divergence, stats, t_rollout, time.perf_counter() - t0)
+                # rows first, then the checkpoint (as train): a resume drops the rows of a step never checkpointed
+                for r, ret, w in zip(records, returns, weights):
+                    episodes_log.write(json.dumps({
+                        "step": i + 1, "iteration": i, "variation_id": r["variation_id"], "k": r["k"],
+                        "scene_seed": r["scene_seed"], "success": r["success"], "steps": r["steps"],
+                        "reward": float(ret), "weight": float(w)}) + "\n")
+                episodes_log.flush()
+                metrics.write(json.dumps(row) + "\n")
+                metrics.flush()
+                save_checkpoint(out, i + 1, models, optimizer, launch)
+            finally:
+                signal.signal(signal.SIGINT, previous)
+            history.append(row)
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)) and v is not None:
+                    writer.add_scalar(f"finetune/{k}", float(v), i + 1)
+            bar.set_postfix(success=f"{row['success_rate']:.2f}", reward=f"{row['reward_mean']:.3f}")
+            if row.get("reward_hacking"):
+                first = history[0]
+                tqdm.write(f"mirroralign: warning: iteration {i}: the learned reward rose ({first['reward_mean']:.3f}"
+                           f" -> {row['reward_mean']:.3f}) while its ROC-AUC against true success fell "
+                           f"({first['reward_auc']:.3f} -> {row['reward_auc']:.3f}): the policy may be fooling "
+                           f"the scorer", file=sys.stderr)
+            if interrupted:
+                raise KeyboardInterrupt
+    finally:
+        bar.close()
+        metrics.close()
+        episodes_log.close()
+        writer.close()
+    return out
+
+
+def _row(i, records, success, returns, weights, learned, history, steps, env_steps_total, losses, norms,
+         divergence, stats, t_rollout, t_total) -> dict:
+    """One metrics.jsonl row: iteration i's rollouts (true success, the reward optimised, for a learned reward its
+    ROC-AUC and correlation against true success, and whether it rose while the AUC fell since iteration 0) and
+    updates (loss, divergence from the starting policy: mean |action difference| on fixed demonstration steps)."""
+    row = {"step": i + 1, "iteration": i, "episodes": len(records), "env_steps": steps,
+           "env_steps_total": env_steps_total, "success_rate": float(success.mean()),
+           "reward_mean": float(np.mean(returns)), "weight_mean": float(np.mean(weights)),
+           "effective_episodes": float(weights.sum() ** 2 / (weights ** 2).sum()) if weights.any() else 0.0,
+           "loss": float(np.mean(losses)), "grad_norm": float(np.mean(norms)), "divergence": divergence,
+           "worker_restarts": stats["worker_restarts"], "rollout_s": t_rollout, "iteration_s": t_total}
+    if learned:
+        row["reward_auc"] = roc_auc(returns, success)
+        row["reward_success_corr"] = correlation(returns, success)
+        first = history[0] if history else row
+        row["reward_hacking"] = bool(row["reward_mean"] > first["reward_mean"] and row["reward_auc"] is not None
+                                     and first["reward_auc"] is not None and row["reward_auc"] < first["reward_auc"])
+    return row

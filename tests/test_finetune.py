@@ -1,0 +1,273 @@
+"""`mirroralign finetune`: the rewards and the loss against hand computations, one tiny fine-tune end to end that
+`evaluate` then takes as a run, exact resume after kill -9 and after Ctrl-C, train/test scene separation, and the
+bad inputs (exit 2, nothing written). Real simulator, real subprocesses; the tiny preset on two variations with
+20-step rollouts keeps each fine-tune to a few iterations of seconds."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli
+from rlbench_fixture import write_rlbench
+from safetensors.torch import load_file
+
+from mirroralign.data.datasets import ObserverClips
+from mirroralign.data.generate import SPLIT_OFFSET
+from mirroralign.data.store import EpisodeStore, sha256_file
+from mirroralign.errors import UsageError
+from mirroralign.finetune.awr import advantage_weights, awr_loss
+from mirroralign.finetune.rewards import (
+    correlation,
+    instruction_probability,
+    roc_auc,
+    understanding_rewards,
+    window_clips,
+)
+from mirroralign.finetune.run import finetune, rollout_plan
+from mirroralign.train import load_run
+
+SMALL = ["finetune.variations=[reach-left-low,drawer-open]", "eval.max_steps=20", "finetune.updates=3"]
+TIMING = ("rollout_s", "iteration_s")
+
+
+# ---------------------------------------------------------------------------------------- hand computations
+
+def test_instruction_probability_is_comparable_across_instructions():
+    # clip 0 sits close to every instruction (raw similarity of its own 0.9), clip 1 far from all (0.3): the same
+    # margins, so the same probability of the true instruction, which is what makes rewards comparable
+    sims = torch.tensor([[0.9, 0.8, 0.1], [0.3, 0.2, -0.5], [0.8, 0.9, 0.1]])
+    p = instruction_probability(sims, 10.0, torch.tensor([0, 0, 1]))
+    by_hand = math.exp(9) / (math.exp(9) + math.exp(8) + math.exp(1))
+    assert p[0].item() == pytest.approx(by_hand) and p[1].item() == pytest.approx(by_hand)
+    assert p[2].item() == pytest.approx(by_hand)  # another instruction, same margins: same reward
+    assert instruction_probability(sims, 10.0, torch.tensor([1, 1, 1]))[0].item() == pytest.approx(
+        math.exp(8) / (math.exp(9) + math.exp(8) + math.exp(1)))
+
+
+def test_window_clips_cover_consecutive_windows():
+    frames = np.arange(9, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)  # frame t holds t
+    whole, halves = window_clips(frames, 3, 1), window_clips(frames, 3, 2)
+    assert whole.shape == (1, 3, 3, 2, 2) and whole[0, :, 0, 0, 0].tolist() == [0, 4, 8]
+    assert halves[:, :, 0, 0, 0].tolist() == [[0, 2, 4], [4, 6, 8]]
+
+
+def test_understanding_reward_scores_the_clip_evaluation_sees(mirror_run, tiny_dataset):
+    """On stored episodes as rollout records: the reward is the softmax probability, at the model's own
+    temperature, of the true variation for the very clip recognition is evaluated on."""
+    model = load_run(mirror_run).models["understanding"]
+    store = EpisodeStore(tiny_dataset)
+    camera = store.manifest["cameras"]["observer"][0]
+    ids = store.episode_ids("test")
+    records = [{"variation": store.variation_index[store.episodes[e]["variation"]],
+                "arrays": {f"observer.{camera}": store.load(e)[f"observer.{camera}"]}} for e in ids]
+    rewards = understanding_rewards(model, records, camera)
+    clips = ObserverClips(store, "test", frames=model.config.frames, train=False)
+    with torch.no_grad():
+        sims = model.recognize({"video": torch.stack([clips[i]["video"] for i in range(len(clips))])})
+    scale = model.logit_scale.exp().item()
+    for r, s, rec in zip(rewards, sims, records):
+        z = np.exp(scale * s.double().numpy())
+        assert r == pytest.approx(z[rec["variation"]] / z.sum(), rel=1e-4)
+    assert np.all((rewards > 0) & (rewards < 1))
+
+
+def test_reward_quality_by_hand():
+    assert roc_auc([0.1, 0.4, 0.35, 0.8], [False, True, False, True]) == 1.0
+    assert roc_auc([0.5, 0.5, 0.2], [True, False, False]) == 0.75  # a tie counts half
+    assert roc_auc([0.9, 0.1, 0.2], [False, True, True]) == 0.0
+    assert roc_auc([0.1, 0.2], [True, True]) is None
+    assert correlation([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0) and correlation([1, 1], [0, 1]) is None
+
+
+def test_advantage_weights_by_hand():
+    returns, groups = [1.0, 0.0, 1.0, 1.0], [0, 0, 1, 1]
+    a = 0.5 / np.std(returns)  # baselines 0.5, 0.5, 1, 1; std over all returns
+    np.testing.assert_allclose(advantage_weights(returns, groups, 1.0, 100.0), [np.exp(a), np.exp(-a), 1, 1])
+    np.testing.assert_allclose(advantage_weights(returns, groups, 0.5, 2.0), [2.0, np.exp(-2 * a), 1, 1])
+    assert advantage_weights(returns, groups, 0.0, 20.0).tolist() == [1, 0, 0, 0]  # filtered BC
+    assert advantage_weights([0.3, 0.3], [0, 0], 1.0, 20.0).tolist() == [1, 1]
+
+
+def test_awr_loss_by_hand():
+    chunk = torch.tensor([[[1.0, 0.0], [2.0, 0.0]], [[0.0, 0.0], [0.0, 5.0]]], requires_grad=True)
+    actions = torch.tensor([[[0.0, 0.0], [0.0, 0.0]], [[1.0, 1.0], [3.0, 3.0]]])
+    pad = torch.tensor([[False, False], [False, True]])
+    # sample 0: mean over 2 steps x 2 dims of |diff| = (1 + 0 + 2 + 0) / 4 = 0.75; sample 1: step 0 only, 1.0
+    loss = awr_loss(chunk, actions, pad, torch.tensor([1.0, 3.0]))
+    assert loss.item() == pytest.approx((1 * 0.75 + 3 * 1.0) / 4)
+    loss.backward()
+    assert chunk.grad[1, 1].abs().sum() == 0  # a padded step carries no gradient
+    assert awr_loss(chunk, actions, pad, torch.tensor([0.0, 2.0])).item() == pytest.approx(1.0)
+    assert awr_loss(chunk, actions, pad, torch.zeros(2)).item() == 0.0
+
+
+def test_rollouts_use_train_scenes_only(tiny_dataset):
+    store = EpisodeStore(tiny_dataset)
+    test_seeds = {store.episodes[e]["scene_seed"] for e in store.episode_ids("test")}
+    plans = [rollout_plan([0, 4], 3, i, 0) for i in range(4)]
+    seeds = [s for plan in plans for _, _, s in plan]
+    assert all(0 <= s < SPLIT_OFFSET["val"] for s in seeds) and not test_seeds & set(seeds)
+    assert [k for _, k, _ in plans[1]] == [3, 4, 5, 3, 4, 5]  # each iteration new scenes, shared by variations
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+
+def _finetune(*args, out, reward="success"):
+    return run_cli("finetune", "--reward", reward, "--out", out, "--preset", "tiny", *args, *SMALL)
+
+
+def test_tiny_finetune_end_to_end_then_evaluate(mirror_run, tiny_dataset, tmp_path):
+    out = tmp_path / "ft"
+    r = _finetune("--run", mirror_run, "--data", tiny_dataset, "--scorer", mirror_run, "finetune.iterations=2",
+                  out=out, reward="understanding")
+    assert r.returncode == 0, r.stderr
+    identity = json.loads((out / "run.json").read_text())["identity"]
+    assert identity["mode"] == "execute" and identity["finetune"]["parent"]["mode"] == "mirror"
+    assert identity["finetune"]["scorer"]["checkpoint_sha256"] == load_run(mirror_run).checkpoint_sha256
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1, 2] and all(row["episodes"] == 4 for row in rows)
+    for key in ("success_rate", "reward_mean", "reward_auc", "reward_success_corr", "divergence", "reward_hacking"):
+        assert key in rows[0], key
+    assert rows[1]["divergence"] > 0 and rows[1]["env_steps_total"] == rows[0]["env_steps"] + rows[1]["env_steps"]
+    episodes = [json.loads(x) for x in (out / "rollouts.jsonl").read_text().splitlines()]
+    store = EpisodeStore(tiny_dataset)
+    test_seeds = {store.episodes[e]["scene_seed"] for e in store.episode_ids("test")}
+    assert len(episodes) == 8 and {e["variation_id"] for e in episodes} == {"reach-left-low", "drawer-open"}
+    assert all(e["scene_seed"] < SPLIT_OFFSET["val"] and e["scene_seed"] not in test_seeds for e in episodes)
+    assert np.mean([e["reward"] for e in episodes if e["step"] == 1]) == pytest.approx(rows[0]["reward_mean"])
+    assert any((out / "tensorboard").iterdir())
+
+    # a run as any other: load_run builds it, its policy moved from the parent's, evaluate rolls it out
+    ft, parent = load_run(out), load_run(mirror_run)
+    assert set(ft.models) == {"execution"} and ft.step == 2
+    moved = [not torch.equal(a, b) for a, b in zip(ft.models["execution"].state_dict().values(),
+                                                    parent.models["execution"].state_dict().values())]
+    assert any(moved)
+    r = run_cli("evaluate", "--run", out, "--data", tiny_dataset, "--out", tmp_path / "eval", "--episodes", 1)
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["mode"] == "execute" and metrics["checkpoint_sha256"] == ft.checkpoint_sha256
+    assert metrics["rollouts"]["n"] == 6 and all(e["scene_seed"] >= SPLIT_OFFSET["test"]
+                                                 for e in metrics["rollouts"]["episodes"])
+
+
+def _final(out):
+    latest = json.loads((out / "checkpoints" / "latest.json").read_text())
+    rows = [{k: v for k, v in json.loads(x).items() if k not in TIMING}
+            for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return latest["step"], load_file(str(out / "checkpoints" / latest["file"])), rows, \
+        (out / "rollouts.jsonl").read_text()
+
+
+def _stopped(args, out, sig):
+    """Start a fine-tune, send `sig` once its first iteration is checkpointed, wait for it to end."""
+    proc = subprocess.Popen([sys.executable, "-m", "mirroralign", *map(str, args), "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 480  # generous: a loaded 2-core machine can be 20x slower than an idle one
+    latest = out / "checkpoints" / "latest.json"
+    while not latest.is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    if sig == signal.SIGKILL:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)  # to the main process only: its simulator workers ignore SIGINT anyway
+    _, err = proc.communicate(timeout=480)
+    return proc.returncode, err
+
+
+def test_killed_or_interrupted_finetune_resumes_exactly(mirror_run, tiny_dataset, tmp_path):
+    args = ["finetune", "--run", mirror_run, "--data", tiny_dataset, "--reward", "success", "--preset", "tiny",
+            *SMALL]
+    r = run_cli(*args, "--out", tmp_path / "straight")
+    assert r.returncode == 0, r.stderr
+    step, weights, rows, episodes = _final(tmp_path / "straight")
+    assert step == 3 and [row["step"] for row in rows] == [1, 2, 3]
+
+    code, _ = _stopped(args, tmp_path / "killed", signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    code, err = _stopped(args, tmp_path / "interrupted", signal.SIGINT)
+    assert code == 130 and "interrupted" in err, err
+    for name in ("killed", "interrupted"):
+        left = json.loads((tmp_path / name / "checkpoints" / "latest.json").read_text())["step"]
+        assert 1 <= left < 3, (name, left)
+        r = run_cli(*args, "--out", tmp_path / name)
+        assert r.returncode == 0, r.stderr
+        s, w, rr, ee = _final(tmp_path / name)
+        assert s == step and rr == rows and ee == episodes, name  # same rollouts, same metrics
+        for k in weights:
+            if k != "rng.torch":
+                assert torch.equal(weights[k], w[k]), (name, k)
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+@pytest.fixture(scope="module")
+def imported_runs(tmp_path_factory):
+    """An RLBench import (other variations, no simulator here) with a 2-step execute and understand run on it."""
+    root = tmp_path_factory.mktemp("rlbench")
+    write_rlbench(root / "src", "generator", {"open_drawer": [0, 1]}, episodes=3)
+    r = run_cli("import-rlbench", root / "src", "--out", root / "data", "--cameras", "front", "wrist")
+    assert r.returncode == 0, r.stderr
+    for mode in ("execute", "understand"):
+        r = run_cli("train", "--mode", mode, "--data", root / "data", "--out", root / mode, "--preset", "tiny",
+                    "train.steps=2")
+        assert r.returncode == 0, r.stderr
+    return root
+
+
+def test_bad_inputs_exit_2_and_write_nothing(mirror_run, tiny_dataset, imported_runs, tmp_path):
+    out = tmp_path / "ft"
+    # through the command line: one line, exit 2
+    r = run_cli("finetune", "--run", imported_runs / "execute", "--data", imported_runs / "data", "--reward",
+                "success", "--out", out)
+    assert r.returncode == 2 and r.stderr.startswith("mirroralign: error: RLBench is not installed"), r.stderr
+    assert "finetune rolls the policy out" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = run_cli("finetune", "--run", imported_runs / "understand", "--data", tiny_dataset, "--reward", "success",
+                "--out", out)
+    assert r.returncode == 2 and "--run must be an execute or mirror run" in r.stderr, r.stderr
+    assert not out.exists()
+
+    base = dict(run=mirror_run, data=tiny_dataset, out=out, progress=False)
+    cases = [
+        (dict(reward="understanding", scorer=imported_runs / "execute"), "--scorer must be an understand or mirror"),
+        (dict(reward="understanding", scorer=imported_runs / "understand"), "trained on other variations"),
+        (dict(reward="understanding"), "needs --scorer"),
+        (dict(reward="success", scorer=mirror_run), "success needs none"),
+        (dict(reward="success", overrides=["model.execution.dim=64"]), "finetune takes finetune.*"),
+        (dict(reward="success", overrides=["finetune.episodes=1"]), "finetune.episodes must be >= 2"),
+        (dict(reward="success", overrides=["finetune.variations=[nope]"]), "does not have: nope"),
+        (dict(reward="success", overrides=["eval.max_steps=0"]), "eval.max_steps"),
+        (dict(reward="nope"), "--reward must be one of"),
+    ]
+    for kw, message in cases:
+        with pytest.raises(UsageError, match=message.replace("*", r"\*")):
+            finetune(**{**base, **kw})
+        assert not out.exists(), kw
+
+    # an --out holding another run (here the parent itself) is refused and left as it was
+    before = {p: sha256_file(p) for p in mirror_run.rglob("*") if p.is_file()}
+    with pytest.raises(UsageError, match="holds a run with a different"):
+        finetune(**{**base, "out": mirror_run, "reward": "success"})
+    assert {p: sha256_file(p) for p in mirror_run.rglob("*") if p.is_file()} == before
+
+
+def test_reward_hacking_is_flagged_when_the_reward_rises_while_its_auc_falls():
+    from mirroralign.finetune.run import _row
+
+    def row(returns, success, history):
+        returns, success = np.array(returns), np.array(success, dtype=float)
+        return _row(len(history), [{}] * len(returns), success, returns, np.ones(len(returns)), True, history,
+                    10, 10, [0.1], [1.0], 0.0, {"worker_restarts": 0}, 1.0, 1.0)
+
+    first = row([0.2, 0.6, 0.1, 0.5], [0, 1, 0, 1], [])  # AUC 1.0, mean 0.35
+    assert first["reward_auc"] == 1.0 and not first["reward_hacking"]
+    assert row([0.9, 0.6, 0.8, 0.7], [0, 1, 0, 1], [first])["reward_hacking"]  # mean 0.75, AUC 0.25
+    assert not row([0.1, 0.2, 0.05, 0.3], [0, 1, 0, 1], [first])["reward_hacking"]  # reward fell
+    assert not row([0.2, 0.9, 0.1, 0.8], [0, 1, 0, 1], [first])["reward_hacking"]  # reward rose, AUC held
