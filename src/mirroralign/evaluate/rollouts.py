@@ -112,7 +112,7 @@ def run_rollouts(policy, store, config: Config, seed: int = 0, episodes: int | N
                  plan: list[tuple[int, int, int]] | None = None, act=None) -> tuple[list[dict], dict]:
     """Roll `policy` out on the test scenes of every variation; returns (records, stats). Each record holds
     variation, k, scene seed, success, steps, and the arrays of the rollout. `plan` replaces the test scenes by
-    (variation, k, scene seed) triples (finetune: train scenes); `act` replaces `_act` (same signature)."""
+    (variation, k, scene seed) triples (finetune: train scenes); `act` replaces `policy_actions` (same signature)."""
     v = config.eval
     cams = store.manifest["cameras"]
     agent, observer = cams["agent"], cams["observer"]
@@ -175,7 +175,7 @@ def run_rollouts(policy, store, config: Config, seed: int = 0, episodes: int | N
                 elif slot.proc.sentinel in ready or slot.timed_out(v.worker_timeout_s):
                     retry(slot)  # died without a reply, or hangs
             if waiting:
-                chunks = (act or _act)(policy, store, config, [s.episode for s in waiting], device)
+                chunks = (act or policy_actions)(policy, store, config, [s.episode for s in waiting], device)
                 for slot, chunk in zip(waiting, chunks):
                     slot.episode.actions += list(chunk[: v.execute_steps])
                     slot.send(("act", chunk[: v.execute_steps]))
@@ -195,7 +195,7 @@ def run_rollouts(policy, store, config: Config, seed: int = 0, episodes: int | N
 
 
 @torch.no_grad()
-def _act(policy, store, config: Config, episodes: list[Episode], device) -> np.ndarray:
+def policy_actions(policy, store, config: Config, episodes: list[Episode], device) -> np.ndarray:
     """One batched forward pass: [len(episodes), H, A] action chunks."""
     last = [ep.frames[-1] for ep in episodes]
     batch = {

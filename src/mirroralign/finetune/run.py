@@ -47,7 +47,7 @@ from mirroralign.data.generate import scene_seed
 from mirroralign.data.store import EpisodeStore
 from mirroralign.envs import check_simulator
 from mirroralign.errors import DataError, UsageError
-from mirroralign.evaluate.rollouts import _act, run_rollouts
+from mirroralign.evaluate.rollouts import policy_actions, run_rollouts
 from mirroralign.finetune.awr import advantage_weights, awr_loss
 from mirroralign.finetune.config import load_finetune_config, parent_config, split_overrides
 from mirroralign.finetune.rewards import correlation, roc_auc, understanding_rewards
@@ -71,7 +71,7 @@ def exploring_act(ft, iteration: int, clip: bool):
         for ep in episodes:
             if not ep.actions:  # the first chunk of this attempt: a retried episode starts its noise over
                 rngs[ep.variation, ep.k] = np.random.default_rng([ft.seed, iteration, ep.variation, ep.k])
-            chunk = _act(policy, store, config, [ep], device)[0]
+            chunk = policy_actions(policy, store, config, [ep], device)[0]
             chunk = chunk + rngs[ep.variation, ep.k].laplace(0.0, ft.noise, chunk.shape).astype(np.float32)
             chunks.append(np.clip(chunk, -1.0, 1.0) if clip else chunk)  # regress what the simulator executed
         return np.stack(chunks)
