@@ -19,7 +19,6 @@ import re
 import signal
 import time
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -47,7 +46,6 @@ from mirroralign.data.store import (
 from mirroralign.errors import DataError, UsageError
 from mirroralign.models.align import Aligner
 from mirroralign.models.execution import ExecutionPolicy
-from mirroralign.models.text import encode_texts
 from mirroralign.models.understanding import UnderstandingModel
 
 MODES = ("understand", "execute", "mirror")
@@ -71,16 +69,11 @@ def make_dataset(store: EpisodeStore, config: Config, mode: str, split: str = "t
                          keyframes=t.keyframes)
 
 
-@lru_cache(maxsize=8)
-def _text_embeddings(texts: tuple[str, ...]) -> torch.Tensor:
-    return encode_texts(list(texts))
-
-
 def build_models(config: Config, mode: str, store: EpisodeStore) -> nn.ModuleDict:
     size = store.manifest["image_size"]
     first = store.load(store.episode_ids()[0])  # the proprioception and action sizes of this simulator
     proprio_dim, action_dim = first["proprio"].shape[1], first["actions"].shape[1]
-    text_embeddings = _text_embeddings(tuple(store.texts))
+    text_embeddings = torch.tensor(store.text_embeddings())  # stored with the dataset; encoded only if not
     parts = {}
     if "understanding" in PARTS[mode]:
         parts["understanding"] = UnderstandingModel(config.model.understanding, size, text_embeddings,
