@@ -73,8 +73,13 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     (summed over the ranks that used it)."""
     if not active():
         return x
-    # the successor of torch.distributed.nn.functional.all_gather, which its deprecation notice names
-    return functional_collectives.all_gather_single(x, 0, dist.group.WORLD)
+    if hasattr(functional_collectives, "all_gather_single"):  # torch >= 2.13
+        # the successor of torch.distributed.nn.functional.all_gather, which its deprecation notice names
+        return functional_collectives.all_gather_single(x, 0, dist.group.WORLD)
+    # before 2.13 (its all_gather_tensor_autograd fails its backward on gloo in 2.4)
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x, dist.group.WORLD), 0)
 
 
 def gather(x: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ Checkpoints are safetensors plus JSON: nothing read back is unpickled.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import math
 import re
@@ -347,9 +348,12 @@ def _train(config: Config, mode: str, data: str | Path, out: str | Path, progres
         return run
     objective = Objective(mode, models, config)
     if world_size > 1:
-        # no running statistics in these models, so no buffers to broadcast
+        # no running statistics in these models, so no buffers to broadcast (the flag's name since torch 2.13;
+        # its predecessor is deprecated there)
+        flag = "forward_sync_buffers"
+        no_sync = {flag if flag in inspect.signature(DistributedDataParallel).parameters else "broadcast_buffers": False}
         objective = DistributedDataParallel(objective, device_ids=[device] if device.type == "cuda" else None,
-                                            forward_sync_buffers=False)
+                                            **no_sync)
 
     from torch.utils.tensorboard import SummaryWriter
 
