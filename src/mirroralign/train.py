@@ -13,7 +13,6 @@ Checkpoints are safetensors plus JSON: nothing read back is unpickled.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import math
 import re
@@ -28,7 +27,6 @@ from omegaconf.errors import OmegaConfBaseException
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import default_collate
 from tqdm import tqdm
 
@@ -348,12 +346,7 @@ def _train(config: Config, mode: str, data: str | Path, out: str | Path, progres
         return run
     objective = Objective(mode, models, config)
     if world_size > 1:
-        # no running statistics in these models, so no buffers to broadcast (the flag's name since torch 2.13;
-        # its predecessor is deprecated there)
-        flag = "forward_sync_buffers"
-        no_sync = {flag if flag in inspect.signature(DistributedDataParallel).parameters else "broadcast_buffers": False}
-        objective = DistributedDataParallel(objective, device_ids=[device] if device.type == "cuda" else None,
-                                            **no_sync)
+        objective = distributed.data_parallel(objective, device)
 
     from torch.utils.tensorboard import SummaryWriter
 

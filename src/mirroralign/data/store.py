@@ -27,9 +27,8 @@ import os
 import re
 import shutil
 import uuid
-from pathlib import Path
-
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import zarr
