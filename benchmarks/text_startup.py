@@ -1,5 +1,5 @@
 """Start-up time that stored instruction embeddings save each command that builds models (train, evaluate,
-analyze, finetune): a fresh process opens the dataset and builds the mirror models, once reading the embeddings
+analyze; finetune will): a fresh process opens the dataset and builds the mirror models, once reading the embeddings
 from DATA/text_embeddings.safetensors and once from a copy of DATA without that file (a dataset made before
 they were stored: the sentence encoder is loaded and run). Repeats alternate; medians are compared.
 
@@ -81,7 +81,7 @@ def main() -> None:
     write_results("text_startup", results, [
         ("start-up, stored embeddings", f"{wall['stored']:.2f} s", note + "; the encoder is not imported"),
         ("start-up, encoder loaded", f"{wall['encoder']:.2f} s", note + "; dataset without the file"),
-        ("saved per command", f"{results['saved_s']:.2f} s", "train, evaluate, analyze, finetune"),
+        ("saved per command", f"{results['saved_s']:.2f} s", "train, evaluate, analyze"),
         ("ratio (whole process)", f"{results['ratio_wall']:.1f}x", "encoder / stored"),
         ("ratio (imports and model building)", f"{results['ratio_build']:.1f}x", "interpreter start excluded"),
         ("load average (1 min)", f"{load_before[0]:.1f} -> {os.getloadavg()[0]:.1f}", "before -> after"),
