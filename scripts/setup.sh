@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates .venv and installs mirroralign with everything it needs, on a machine that has nothing installed.
-# torch is installed first and pinned, so that no other package can pull a different (CUDA) build.
+# torch is installed first and pinned, so that no other package can pull a different (CUDA) build. The package
+# itself admits torch >=2.6 and Python 3.11-3.13 (README: Into an existing environment); this .venv is 3.11 + 2.13.0 CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}

@@ -15,7 +15,6 @@ import torch
 import torch.distributed as dist
 from conftest import run_cli
 from safetensors.torch import load_file, save_file
-from torch.nn.parallel import DistributedDataParallel
 
 from mirroralign import distributed
 from mirroralign.config import load_config
@@ -68,7 +67,7 @@ def _mirror_loss_and_grads(data, rank: int, world_size: int) -> dict[str, torch.
     models = build_models(config, "mirror", store).train()
     objective = Objective("mirror", models, config)
     if world_size > 1:
-        objective = DistributedDataParallel(objective, forward_sync_buffers=False)
+        objective = distributed.data_parallel(objective, torch.device("cpu"))
     batch = sample_batch(make_dataset(store, config, "mirror"), config, STEP, torch.device("cpu"), rank, world_size)
     loss, info = objective(batch)
     values = distributed.mean_over_ranks([loss.item(), *info.values()], torch.device("cpu"))

@@ -106,6 +106,8 @@ def test_kill_9_during_generate_then_rerun_gives_the_same_dataset(tiny_dataset, 
     a, b = manifest(tiny_dataset), manifest(out)
     assert a["splits"] == b["splits"]
     assert a["episodes"] == b["episodes"]  # every stored file has the same sha256
+    assert a["files"] == b["files"] and "text_embeddings.safetensors" in b["files"]  # and those outside episodes
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     assert not list(out.glob("episodes/*/.tmp-*"))
     assert run_cli("verify", out).returncode == 0
 

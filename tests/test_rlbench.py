@@ -23,7 +23,7 @@ from rlbench_fixture import (CAMERAS, GRIPPER_OPEN, KEYFRAMES, Demo, description
 from mirroralign.data.datasets import AgentSteps, PairedSamples
 from mirroralign.data.rlbench import discover_keyframes, import_rlbench
 from mirroralign.data.rlbench_pickle import Observation, load_rlbench_pickle
-from mirroralign.data.store import EpisodeStore
+from mirroralign.data.store import TEXT_EMBEDDINGS, EpisodeStore, read_text_embeddings
 from mirroralign.envs.rlbench_spec import RLBenchUnavailable, canonical_pose
 from mirroralign.errors import DataError, UsageError
 from mirroralign.suites import RLBENCH18
@@ -151,6 +151,10 @@ def test_import_generator_layout(tmp_path):
     for v in store.variations:
         assert list(v.instructions) == descriptions_of(v.task, int(v.variant.removeprefix("variation")))
     assert {s: len(ids) for s, ids in store.splits.items()} == {"train": 3, "val": 3, "test": 3}
+    # the demonstrations' own instructions are embedded at import, in the store's order, and verified
+    record, emb = read_text_embeddings(out / TEXT_EMBEDDINGS)
+    assert record["texts"] == store.texts and emb.shape == (len(store.texts), 384)
+    assert TEXT_EMBEDDINGS in m["files"] and "text embeddings of" in r.stdout
 
     by_source = {str(src / e["source"]): eid for eid, e in store.episodes.items()}
     assert set(by_source) == set(written)

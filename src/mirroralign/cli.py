@@ -93,7 +93,8 @@ def cmd_import_lerobot(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from mirroralign.data.store import DATASET_FILES, MANIFEST, EpisodeStore
+    from mirroralign.data.store import DATASET_FILES, MANIFEST, TEXT_EMBEDDINGS, EpisodeStore, read_text_embeddings
+    from mirroralign.text import ENCODER, encoder_sha256
 
     root = Path(args.dir)
     if not (root / MANIFEST).is_file():
@@ -110,6 +111,11 @@ def cmd_verify(args) -> int:
         print(f"verify: {episodes} of {n} episodes{files} damaged in {root}", file=sys.stderr)
         return 1
     print(f"verify: all {n} episodes match their checksums ({root})")
+    if TEXT_EMBEDDINGS in store.manifest.get("files", {}):
+        record = read_text_embeddings(root / TEXT_EMBEDDINGS)[0]
+        same = (record["encoder"], record["encoder_sha256"]) == (ENCODER, encoder_sha256())
+        print(f"verify: text embeddings of {len(record['texts'])} instructions, encoder {record['encoder']} "
+              f"({'the installed one' if same else 'not the installed one: train and evaluate will refuse them'})")
     return 0
 
 

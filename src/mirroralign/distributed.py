@@ -9,12 +9,14 @@ one process holding the whole batch).
 
 from __future__ import annotations
 
+import inspect
 import os
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as functional_collectives
+from torch.nn.parallel import DistributedDataParallel
 
 from mirroralign.errors import UsageError
 
@@ -73,13 +75,26 @@ def init_from_torchrun(device: torch.device) -> torch.device:
     return device
 
 
+def data_parallel(module: torch.nn.Module, device: torch.device) -> DistributedDataParallel:
+    """`module` under DDP. No running statistics in these models, so no buffers to broadcast: the flag is named
+    forward_sync_buffers since torch 2.13 (which deprecates broadcast_buffers, the only name before)."""
+    flag = "forward_sync_buffers"
+    flag = flag if flag in inspect.signature(DistributedDataParallel).parameters else "broadcast_buffers"
+    return DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None, **{flag: False})
+
+
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """[B, ...] on each rank -> [world * B, ...], rank order; gradients flow back to the rank that owns each row
     (summed over the ranks that used it)."""
     if not active():
         return x
-    # the successor of torch.distributed.nn.functional.all_gather, which its deprecation notice names
-    return functional_collectives.all_gather_single(x, 0, dist.group.WORLD)
+    if hasattr(functional_collectives, "all_gather_single"):  # torch >= 2.13
+        # the successor of torch.distributed.nn.functional.all_gather, which its deprecation notice names
+        return functional_collectives.all_gather_single(x, 0, dist.group.WORLD)
+    # before 2.13: the autograd all-gather of torch.distributed.nn (all_gather_tensor_autograd fails on gloo in 2.4)
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x, dist.group.WORLD), 0)
 
 
 def gather(x: torch.Tensor) -> torch.Tensor:

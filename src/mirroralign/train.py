@@ -18,14 +18,12 @@ import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import default_collate
 from tqdm import tqdm
 
@@ -47,7 +45,6 @@ from mirroralign.data.store import EpisodeStore, read_json, write_json_atomic
 from mirroralign.errors import DataError, UsageError
 from mirroralign.models.align import Aligner
 from mirroralign.models.execution import ExecutionPolicy
-from mirroralign.models.text import encode_texts
 from mirroralign.models.understanding import UnderstandingModel
 
 MODES = ("understand", "execute", "mirror")
@@ -71,16 +68,11 @@ def make_dataset(store: EpisodeStore, config: Config, mode: str, split: str = "t
                          keyframes=t.keyframes)
 
 
-@lru_cache(maxsize=8)
-def _text_embeddings(texts: tuple[str, ...]) -> torch.Tensor:
-    return encode_texts(list(texts))
-
-
 def build_models(config: Config, mode: str, store: EpisodeStore) -> nn.ModuleDict:
     size = store.manifest["image_size"]
     first = store.load(store.episode_ids()[0])  # the proprioception and action sizes of this simulator
     proprio_dim, action_dim = first["proprio"].shape[1], first["actions"].shape[1]
-    text_embeddings = _text_embeddings(tuple(store.texts))
+    text_embeddings = torch.tensor(store.text_embeddings())  # stored with the dataset; encoded only if not
     parts = {}
     if "understanding" in PARTS[mode]:
         parts["understanding"] = UnderstandingModel(config.model.understanding, size, text_embeddings,
@@ -269,9 +261,7 @@ def _train(config: Config, mode: str, data: str | Path, out: str | Path, progres
                   f"training up to the order of floating-point sums", file=sys.stderr)
     objective = Objective(mode, models, config)
     if world_size > 1:
-        # no running statistics in these models, so no buffers to broadcast
-        objective = DistributedDataParallel(objective, device_ids=[device] if device.type == "cuda" else None,
-                                            forward_sync_buffers=False)
+        objective = distributed.data_parallel(objective, device)
 
     from torch.utils.tensorboard import SummaryWriter
 

@@ -22,8 +22,8 @@ from tqdm import tqdm
 
 from mirroralign.config import Config
 from mirroralign.data.store import (ATTEMPTS, CONFIG, EPISODES, FORMAT, MANIFEST, META, SPLITS, VERSION,
-                                    episode_path, read_json, sha256_file, write_episode, write_json_atomic,
-                                    require_writable, write_manifest)
+                                    episode_path, is_atomic_write_leftover, read_json, require_writable, sha256_file,
+                                    write_episode, write_json_atomic, write_manifest, write_text_embeddings)
 from mirroralign.envs import make_env, simulator_cameras
 from mirroralign.envs.base import Variation
 from mirroralign.errors import DataError, UsageError
@@ -175,7 +175,8 @@ def prepare_output(root: Path, identity: dict) -> None:
 def _known_results(root: Path) -> dict[str, dict]:
     """Attempts finished by an earlier (possibly killed) run; unfinished leftovers are removed."""
     known = {}
-    for tmp in list((root / EPISODES).glob("*/.tmp-*")) + list((root / ATTEMPTS).glob("*/.*.tmp")):
+    leftovers = [p for p in root.iterdir() if is_atomic_write_leftover(p.name)]  # e.g. the text embeddings'
+    for tmp in leftovers + list((root / EPISODES).glob("*/.tmp-*")) + list((root / ATTEMPTS).glob("*/.*.tmp")):
         shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
     for meta_path in (root / EPISODES).glob(f"*/*/{META}"):
         try:
@@ -248,11 +249,13 @@ def generate(config: Config, out: str | Path, progress: bool = True) -> Path:
         bar.close()
         pool.shutdown(wait=True, cancel_futures=True)
 
-    _write_manifest(root, config, variations, state, need)
+    text_files = write_text_embeddings(root, variations)  # before the manifest, which holds its checksum
+    _write_manifest(root, config, variations, state, need, text_files)
     return root
 
 
-def _write_manifest(root: Path, config: Config, variations: list[Variation], state: dict, need: dict) -> None:
+def _write_manifest(root: Path, config: Config, variations: list[Variation], state: dict, need: dict,
+                    text_files: dict[str, str]) -> None:
     episodes, splits = {}, {s: [] for s in SPLITS}
     attempts = {}
     for v in variations:
@@ -271,7 +274,7 @@ def _write_manifest(root: Path, config: Config, variations: list[Variation], sta
                 splits[s].append(eid)
     # every file outside the episodes has a checksum too (the episodes' are in their entries)
     others = [root / CONFIG, *sorted((root / ATTEMPTS).glob("*/*.json"))]
-    files = {str(p.relative_to(root)): sha256_file(p) for p in others}
+    files = {str(p.relative_to(root)): sha256_file(p) for p in others} | text_files
     e = config.env
     write_manifest(root, {
         "format": FORMAT, "version": VERSION, "config": config.dataset_identity(),

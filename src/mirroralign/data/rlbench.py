@@ -37,7 +37,7 @@ from tqdm import tqdm
 from mirroralign.data.generate import split_counts
 from mirroralign.data.rlbench_pickle import Demo, load_rlbench_pickle
 from mirroralign.data.store import (CONFIG, FORMAT, META, SPLITS, VERSION, episode_path, require_writable, sha256_file,
-                                    write_episode, write_json_atomic, write_manifest)
+                                    write_episode, write_json_atomic, write_manifest, write_text_embeddings)
 from mirroralign.envs.base import Variation
 from mirroralign.envs.rlbench_spec import (ACTION_FIELDS, AGENT_CAMERAS, CAMERAS, OBSERVER_CAMERA, PROPRIO_FIELDS,
                                            REQUIRED_FIELDS, pose_action, proprio_vector)
@@ -350,7 +350,8 @@ def import_rlbench(src: str | Path, out: str | Path, tasks: list[str] | None = N
             "episodes_per_split": {s: len(ids) for s, ids in splits.items()}, "splits": splits,
             "episodes": entries, "attempts": {}, "expert_failures": 0,
             "proprio_fields": list(PROPRIO_FIELDS), "action_fields": list(ACTION_FIELDS),
-            "files": {CONFIG: sha256_file(tmp / CONFIG)},  # files outside the episodes have checksums too
+            # files outside the episodes have checksums too
+            "files": {CONFIG: sha256_file(tmp / CONFIG), **write_text_embeddings(tmp, variations)},
         })
         os.replace(tmp, out)  # an empty `out` directory is replaced; a non-empty one was refused above
         done = True

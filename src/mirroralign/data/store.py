@@ -6,6 +6,8 @@
         data.zarr/                       its arrays: a zarr v3 group
         meta.json                        variation, scene seed, length, and the sha256 of every file
     DIR/attempts/<variation>/<split>-<k>.json    an expert failure (counted in the manifest)
+    DIR/text_embeddings.safetensors      the frozen encoder's embedding of every instruction, with the encoder's
+                                         name and checksum (datasets made before it have none: encoded on load)
     DIR/manifest.sha256                  the sha256 of manifest.json (written just before it)
     DIR/manifest.json                    written last: config, variations, splits, episodes, checksums (of
                                          config.json and the attempt records too)
@@ -25,6 +27,7 @@ import os
 import re
 import shutil
 import uuid
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +36,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 
 from mirroralign.envs.base import Variation
 from mirroralign.errors import DataError, UsageError
+from mirroralign.text import ENCODER, TEXT_DIM, encode_texts, encoder_sha256
 
 FORMAT = "mirroralign-dataset"
 VERSION = 1
@@ -42,6 +46,10 @@ CONFIG = "config.json"
 META = "meta.json"
 EPISODES = "episodes"
 ATTEMPTS = "attempts"
+TEXT_EMBEDDINGS = "text_embeddings.safetensors"
+# its record is one metadata entry of sorted JSON: safetensors writes several entries in a random order, and a
+# resumed `generate` must write the same bytes as an uninterrupted one
+TEXT_RECORD = "mirroralign.text_embeddings"
 SPLITS = ("train", "val", "test")
 DATASET_FILES = "(dataset)"  # verify's key for damaged files that belong to no episode
 CHUNK_FRAMES = 32
@@ -235,6 +243,50 @@ def load_episode_folder(folder: Path) -> tuple[dict, dict[str, np.ndarray]]:
         raise DataError(f"episode {folder} is damaged: {err}") from None
 
 
+def dataset_texts(variations: list[Variation]) -> list[str]:
+    """Every instruction in one flat list, canonical first per variation: models look a sample's text
+    embedding up by its row here (`text_index`)."""
+    return [t for v in variations for t in v.instructions]
+
+
+def write_text_embeddings(root: Path, variations: list[Variation]) -> dict[str, str]:
+    """Encode every instruction of `variations` into ROOT/text_embeddings.safetensors, with the encoder's name
+    and checksum; returns its entry for the manifest's `files`. Every importer calls this before the manifest."""
+    from safetensors.numpy import save
+
+    texts = dataset_texts(variations)
+    record = {"encoder": ENCODER, "encoder_sha256": encoder_sha256(), "texts": texts}
+    data = save({"embeddings": _encoded(tuple(texts))}, metadata={TEXT_RECORD: json.dumps(record, sort_keys=True)})
+    write_bytes_atomic(Path(root) / TEXT_EMBEDDINGS, data)
+    return {TEXT_EMBEDDINGS: sha256_file(Path(root) / TEXT_EMBEDDINGS)}
+
+
+def read_text_embeddings(path: Path) -> tuple[dict, np.ndarray]:
+    """(record, [N, 384] float32 embeddings) of a text embeddings file, refused unless it is what
+    `write_text_embeddings` writes."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="np") as f:
+            record = json.loads((f.metadata() or {})[TEXT_RECORD])
+            emb = f.get_tensor("embeddings") if list(f.keys()) == ["embeddings"] else None
+    except Exception as err:  # not safetensors, no record, or a record that is not JSON
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(f"text embeddings damaged: {path} ({reason})") from None
+    texts = record.get("texts") if isinstance(record, dict) else None
+    if (not isinstance(texts, list) or not all(isinstance(t, str) for t in texts)
+            or not all(isinstance(record.get(k), str) for k in ("encoder", "encoder_sha256"))
+            or emb is None or emb.dtype != np.float32 or emb.shape != (len(texts), TEXT_DIM)):
+        raise DataError(f"text embeddings damaged: {path} (not one [texts, {TEXT_DIM}] float32 array with its "
+                        f"encoder and texts)")
+    return record, emb
+
+
+@lru_cache(maxsize=8)
+def _encoded(texts: tuple[str, ...]) -> np.ndarray:
+    return encode_texts(list(texts))
+
+
 class EpisodeStore:
     """A finished dataset: its manifest, and verified reads of its episodes."""
 
@@ -264,11 +316,30 @@ class EpisodeStore:
         if check_files and (bad := self.damaged_dataset_files()):
             raise DataError(f"dataset file damaged: {bad[0]} does not match its checksum")
         self.variation_index = {v.id: i for i, v in enumerate(self.variations)}
-        # every instruction text in one flat list (canonical first per variation) and its variation index:
-        # models look a sample's text embedding up by its row here (`text_index`)
-        self.texts = [t for v in self.variations for t in v.instructions]
-        self.text_variation = [i for i, v in enumerate(self.variations) for _ in v.instructions]
+        self.texts = dataset_texts(self.variations)
+        self.text_variation = [i for i, v in enumerate(self.variations) for _ in v.instructions]  # of each text
         self.canonical_text = [self.text_variation.index(i) for i in range(len(self.variations))]
+
+    def text_embeddings(self, texts: list[str] | None = None) -> np.ndarray:
+        """[len(texts), 384] float32 embeddings of `texts` (default: `self.texts`): the dataset's stored ones,
+        and the frozen encoder loaded only for texts it does not hold (all of them for a dataset made before
+        text embeddings were stored). Stored embeddings of another encoder than the installed one are refused."""
+        texts = self.texts if texts is None else list(texts)
+        held: dict[str, np.ndarray] = {}
+        if TEXT_EMBEDDINGS in self.manifest.get("files", {}):  # covered by a checksum, so trusted
+            path = self.root / TEXT_EMBEDDINGS
+            record, emb = read_text_embeddings(path)
+            if (record["encoder"], record["encoder_sha256"]) != (ENCODER, encoder_sha256()):
+                raise UsageError(f"{path} holds embeddings of encoder {record['encoder']} (files sha256 "
+                                 f"{record['encoder_sha256'][:12]}), not of the installed {ENCODER} "
+                                 f"({encoder_sha256()[:12]}): install that encoder or make the dataset again")
+            if record["texts"] == texts:
+                return emb
+            held = dict(zip(record["texts"], emb))
+        missing = tuple(dict.fromkeys(t for t in texts if t not in held))
+        if missing:
+            held |= dict(zip(missing, _encoded(missing)))
+        return np.stack([held[t] for t in texts]) if texts else np.zeros((0, TEXT_DIM), np.float32)
 
     def episode_ids(self, split: str | None = None) -> list[str]:
         if split is None:
@@ -299,7 +370,14 @@ class EpisodeStore:
                     bad = [str(err)]
             if bad:
                 damaged[eid] = bad
-        if bad := self.damaged_dataset_files():
+        bad = self.damaged_dataset_files()
+        if TEXT_EMBEDDINGS in self.manifest.get("files", {}) and str(self.root / TEXT_EMBEDDINGS) not in bad:
+            try:  # matching its checksum, but is it what write_text_embeddings writes, for these texts?
+                if read_text_embeddings(self.root / TEXT_EMBEDDINGS)[0]["texts"] != self.texts:
+                    bad.append(f"{self.root / TEXT_EMBEDDINGS} (not the texts of this dataset's variations)")
+            except DataError as err:
+                bad.append(str(err))
+        if bad:
             damaged[DATASET_FILES] = bad
         return damaged
 

@@ -11,7 +11,7 @@ from torch import nn
 from mirroralign import distributed
 from mirroralign.config import ExecutionConfig
 from mirroralign.models.blocks import random_shift, resolve_tap, to_float_image, transformer_block
-from mirroralign.models.text import TEXT_DIM
+from mirroralign.text import TEXT_DIM
 
 
 class ConvEncoder(nn.Module):

@@ -14,7 +14,7 @@ from torch import nn
 from mirroralign.config import UnderstandingConfig
 from mirroralign.models.align import info_nce
 from mirroralign.models.blocks import resolve_tap, to_float_image, transformer_block
-from mirroralign.models.text import TEXT_DIM
+from mirroralign.text import TEXT_DIM
 
 
 class VideoEncoder(nn.Module):
