@@ -23,7 +23,7 @@ from lerobot_fixture import CAMERAS, LENGTHS, TASKS, columns, frames, write_lero
 
 from mirroralign.data.lerobot import aggregate_stats, feature_stats
 from mirroralign.data.store import CONFIG, FORMAT, META, VERSION, EpisodeStore, episode_path, sha256_file, \
-    write_episode, write_json_atomic, write_manifest
+    write_episode, write_json_atomic, write_manifest, TEXT_EMBEDDINGS, read_text_embeddings
 from mirroralign.envs.base import Variation
 
 
@@ -283,6 +283,9 @@ def test_import_independent_fixture(version, tmp_path):
     assert [v.instruction for v in store.variations] == list(TASKS)  # variations = the dataset's tasks
     assert store.manifest["cameras"] == {"observer": ["top"], "agent": ["wrist"]} and store.manifest["image_size"] == 32
     assert {s: len(ids) for s, ids in store.splits.items()} == {"train": 3, "val": 3, "test": 3}  # 1/1/1 per task
+    record, emb = read_text_embeddings(out / TEXT_EMBEDDINGS)  # the task strings, embedded at import
+    assert record["texts"] == store.texts and emb.shape == (len(store.texts), 384)
+    assert TEXT_EMBEDDINGS in store.manifest["files"]
     seen = set()
     for eid, meta in store.episodes.items():
         e = int(meta["source"].split()[-1])

@@ -38,7 +38,7 @@ from mirroralign.data.store import (
 )
 from mirroralign.errors import DataError, UsageError
 from mirroralign.evaluate.run import METRICS
-from mirroralign.models.text import TEXT_DIM
+from mirroralign.text import TEXT_DIM
 from mirroralign.train import CHECKPOINTS, LoadedRun, build_models, load_run
 
 STEPS_PER_EPISODE = 8  # the execution representation of an episode: the mean over this many evenly spaced steps

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from mirroralign.data.generate import split_counts
 from mirroralign.data.store import (CONFIG, FORMAT, MANIFEST, META, SPLITS, VERSION, EpisodeStore, episode_path,
                                     json_bytes, require_writable, sha256_file, write_episode, write_json_atomic,
-                                    write_manifest)
+                                    write_manifest, write_text_embeddings)
 from mirroralign.envs.base import Variation
 from mirroralign.errors import DataError, UsageError
 
@@ -795,7 +795,7 @@ def import_lerobot(src: str | Path, out: str | Path, observer: str, cameras: lis
             "episodes_per_split": {s: len(ids) for s, ids in splits.items()}, "splits": splits,
             "episodes": entries, "attempts": {}, "expert_failures": 0,
             "proprio_fields": features[state].get("names"), "action_fields": features[action].get("names"),
-            "files": {CONFIG: sha256_file(tmp / CONFIG)},
+            "files": {CONFIG: sha256_file(tmp / CONFIG), **write_text_embeddings(tmp, variations)},
         })
         done = True
     finally:
