@@ -23,7 +23,7 @@ from _mirror import analysis_dir, analyzed, config_for, eval_dir, evaluated, tra
 TARGETS = {"recognition_per_task_train": (0.40, 0.85), "success": (0.25, 0.75)}
 
 
-def attempt(name: str, overrides: list[str], data: Path, root: Path, analyse: bool) -> dict:
+def attempt(name: str, overrides: list[str], data: Path, root: Path, analyse: bool, understand_only: bool) -> dict:
     config = config_for("fine", 0, overrides)
     seconds, t = {}, time.monotonic()
 
@@ -38,11 +38,13 @@ def attempt(name: str, overrides: list[str], data: Path, root: Path, analyse: bo
     lap("recognition_train_view")
     held_out = evaluated(understand, data, root, view="held-out", rollouts=False)
     lap("recognition_held_out")
-    execute = trained(config, "execute", data, root)
-    lap("train_execute")
-    rollouts = evaluated(execute, data, root)
-    lap("rollouts")
-    r, h, ro = train_view["recognition"], held_out["recognition"], rollouts["rollouts"]
+    r, h = train_view["recognition"], held_out["recognition"]
+    ro = {"success_rate": None, "ci95": [None, None], "n": 0, "per_task": {}}
+    if not understand_only:
+        execute = trained(config, "execute", data, root)
+        lap("train_execute")
+        ro = evaluated(execute, data, root)["rollouts"]
+        lap("rollouts")
     result = {
         "attempt": name, "overrides": overrides, "seconds": seconds,
         "recognition_per_task_train": r["per_task_top1"], "recognition_per_task_heldout": h["per_task_top1"],
@@ -53,11 +55,12 @@ def attempt(name: str, overrides: list[str], data: Path, root: Path, analyse: bo
         "recognition_per_task_train_by_task": {k: v["top1"] for k, v in r["per_task"].items()},
         "recognition_per_task_heldout_by_task": {k: v["top1"] for k, v in h["per_task"].items()},
         "success_by_task": {k: v["success_rate"] for k, v in ro["per_task"].items()},
-        "paths": {"understand": str(understand), "execute": str(execute),
-                  "evals": [str(eval_dir(understand, root)), str(eval_dir(understand, root, "held-out")),
-                            str(eval_dir(execute, root))]},
+        "paths": {"understand": str(understand), "evals": [str(eval_dir(understand, root)),
+                                                         str(eval_dir(understand, root, "held-out"))]},
     }
-    if analyse:  # the probes and their controls, for the independent pair
+    if not understand_only:
+        result["paths"] |= {"execute": str(execute), "evals": [*result["paths"]["evals"], str(eval_dir(execute, root))]}
+    if analyse and not understand_only:  # the probes and their controls, for the independent pair
         a = analyzed([understand, execute], data, root, rollouts_of=eval_dir(execute, root))
         lap("analysis")
         result["probes"] = {key: {"r1_u2e": a[key]["r1_u2e"], "r1_e2u": a[key]["r1_e2u"], "chance": a[key]["chance"],
@@ -70,7 +73,7 @@ def attempt(name: str, overrides: list[str], data: Path, root: Path, analyse: bo
         "recognition_per_task_train": low <= result["recognition_per_task_train"] <= high,
         "recognition_per_task_heldout": 3 * result["chance_per_task"] <= result["recognition_per_task_heldout"]
                                         < result["recognition_per_task_train"],
-        "success": TARGETS["success"][0] <= result["success"] <= TARGETS["success"][1],
+        "success": None if understand_only else TARGETS["success"][0] <= result["success"] <= TARGETS["success"][1],
     }
     return result
 
@@ -81,13 +84,14 @@ def main() -> None:
     p.add_argument("--root", type=Path, default=Path("runs/calibration"))
     p.add_argument("--attempt", action="append", required=True, help="NAME[:key=value,key=value...]")
     p.add_argument("--no-analysis", action="store_true")
+    p.add_argument("--understand-only", action="store_true", help="train and evaluate the understanding baseline alone")
     args = p.parse_args()
     path = RESULTS / "fine_calibration.json"
     done = json.loads(path.read_text())["attempts"] if path.is_file() else []
     for spec in args.attempt:
         name, _, rest = spec.partition(":")
         overrides = [o for o in rest.split(",") if o]
-        result = attempt(name, overrides, args.data, args.root, not args.no_analysis)
+        result = attempt(name, overrides, args.data, args.root, not args.no_analysis, args.understand_only)
         done = [d for d in done if d["attempt"] != name] + [result]
         pct = lambda x: f"{100 * x:.1f} %"  # noqa: E731
         table = []
@@ -99,7 +103,7 @@ def main() -> None:
                       (f"{d['attempt']}: all-variation recognition, train / held-out",
                        f"{pct(d['recognition_all_train'])} / {pct(d['recognition_all_heldout'])}",
                        f"chance {pct(d['chance_all'])}"),
-                      (f"{d['attempt']}: execution success", pct(d["success"]),
+                      (f"{d['attempt']}: execution success", "-" if d["success"] is None else pct(d["success"]),
                        f"target 25-75 %; {d['rollouts']} rollouts; overrides {' '.join(d['overrides']) or '-'}")]
         write_results("fine_calibration", {"preset": "fine", "seed": 0, "attempts": done}, table)
 

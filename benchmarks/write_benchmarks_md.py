@@ -257,11 +257,12 @@ def calibration_section(result: dict | None) -> list[str]:
              "minutes |", "|---|---|---|---|---|---|---|---|---|---|"]
     for a in result["attempts"]:
         met = ", ".join(k.replace("recognition_per_task_", "") for k, ok in a["meets"].items() if ok) or "none"
+        success = "not run" if a["success"] is None else \
+            f"{pc(a['success'])} % [{pc(a['success_ci95'][0])}, {pc(a['success_ci95'][1])}]"
         lines.append(f"| {a['attempt']} | {' '.join(a['overrides']) or '-'} | {pc(a['recognition_per_task_train'])} % "
                      f"| {pc(a['recognition_per_task_heldout'])} % | {pc(a['chance_per_task'])} % | "
                      f"{pc(a['recognition_all_train'])} / {pc(a['recognition_all_heldout'])} % | "
-                     f"{pc(a['recognition_early_train'])} % | {pc(a['success'])} % [{pc(a['success_ci95'][0])}, "
-                     f"{pc(a['success_ci95'][1])}] | {met} | {sum(a['seconds'].values()) / 60:.0f} |")
+                     f"{pc(a['recognition_early_train'])} % | {success} | {met} | {sum(a['seconds'].values()) / 60:.0f} |")
     probed = [a for a in result["attempts"] if "probes" in a]
     if probed:
         lines += ["", "Probes of the independent pair (Recall@1 u→e / e→u; step 0: the same probe on the untrained "

@@ -274,3 +274,33 @@ def test_train_rejects_a_data_dir_that_is_not_a_dataset_and_a_changed_config(tin
 def test_understand_run_exposes_usage_error_in_process(tiny_dataset, tmp_path):
     with pytest.raises(UsageError):
         train(load_config("tiny"), "nope", tiny_dataset, tmp_path / "run", progress=False)
+
+
+def test_understanding_augmentation_shifts_a_clip_as_one():
+    """model.understanding.augment: in training, every frame of a clip gets the same random shift (from the sample's
+    seed, so any rank draws the same); in evaluation, frames go in untouched."""
+    from mirroralign.models.blocks import to_float_image
+    from mirroralign.models.understanding import UnderstandingModel
+
+    c = load_config("tiny", overrides=["model.understanding.augment=true"]).model.understanding
+    model = UnderstandingModel(c, 32, torch.randn(4, 384), torch.tensor([0, 0, 1, 1]))
+    seen = []
+    model.video.patchify.register_forward_hook(lambda m, inputs, out: seen.append(inputs[0].clone()))
+    g = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (1, 1, 3, 32, 32), dtype=torch.uint8, generator=g)
+    video = image.repeat(3, c.frames, 1, 1, 1)  # 3 clips, every frame the same picture
+    batch = {"video": video, "text_index": torch.tensor([0, 2, 1]), "variation": torch.tensor([0, 1, 0]),
+             "sample_seed": torch.tensor([11, 12, 13])}
+    model.train()
+    model(batch)
+    model(batch)
+    shifted, again = (x.view(3, c.frames, 3, 32, 32) for x in seen)
+    assert torch.equal(shifted, again)  # the seeds fix the shifts
+    for clip in shifted:
+        assert all(torch.equal(frame, clip[0]) for frame in clip)  # one shift for the whole clip
+    plain = to_float_image(image[0, 0])
+    assert any(not torch.equal(clip[0], plain) for clip in shifted)  # and it does shift
+    model.eval()
+    seen.clear()
+    model.recognize({"video": video})
+    assert torch.equal(seen[0], to_float_image(video.flatten(0, 1)))

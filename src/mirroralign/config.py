@@ -65,6 +65,7 @@ class UnderstandingConfig:
     tap_layer: str = "last"  # spatial.<i>, temporal.<i>, or last (the last temporal block)
     init_temperature: float = 0.07
     max_logit_scale: float = 100.0
+    augment: bool = False  # random shifts of the observer clips while training (one shift per clip, all its frames)
 
 
 @dataclass

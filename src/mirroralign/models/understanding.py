@@ -13,7 +13,7 @@ from torch import nn
 
 from mirroralign.config import UnderstandingConfig
 from mirroralign.models.align import info_nce
-from mirroralign.models.blocks import resolve_tap, to_float_image, transformer_block
+from mirroralign.models.blocks import random_shift, resolve_tap, to_float_image, transformer_block
 from mirroralign.text import TEXT_DIM
 
 
@@ -35,11 +35,15 @@ class VideoEncoder(nn.Module):
         self.layer_names = [f"spatial.{i}" for i in range(c.spatial_layers)] + \
                            [f"temporal.{i}" for i in range(c.temporal_layers)]
 
-    def forward(self, video: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, video: torch.Tensor, shift_seeds: list[int] | None = None) -> tuple[torch.Tensor, dict]:
+        """`shift_seeds`: one per clip, to shift each clip's frames together (DrQ's augmentation, as the policy's)."""
         b, f = video.shape[:2]
         if f > self.time_pos.shape[1]:
             raise ValueError(f"clip has {f} frames, the model was built for at most {self.time_pos.shape[1]}")
-        x = self.patchify(to_float_image(video.flatten(0, 1))).flatten(2).transpose(1, 2)
+        frames = to_float_image(video)
+        if shift_seeds is not None:  # the frames as channels: one offset per clip
+            frames = random_shift(frames.flatten(1, 2), seeds=shift_seeds).view_as(frames)
+        x = self.patchify(frames.flatten(0, 1)).flatten(2).transpose(1, 2)
         x = torch.cat([self.cls.expand(len(x), -1, -1), x], 1) + self.space_pos
         taps = {}
         for i, block in enumerate(self.spatial):
@@ -68,7 +72,11 @@ class UnderstandingModel(nn.Module):
         self.representation_dim = c.dim
 
     def encode_video(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        pooled, taps = self.video(batch["video"])
+        seeds = None
+        if self.training and self.config.augment:  # the trainer's per-sample seeds: the same shifts on any rank
+            seeds = batch["sample_seed"].tolist() if "sample_seed" in batch else \
+                torch.randint(2 ** 62, (len(batch["video"]),)).tolist()
+        pooled, taps = self.video(batch["video"], seeds)
         return F.normalize(self.video_proj(pooled), dim=-1), taps
 
     def class_embeddings(self) -> torch.Tensor:
