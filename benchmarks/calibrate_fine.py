@@ -17,7 +17,7 @@ import json
 import time
 from pathlib import Path
 
-from _common import RESULTS, write_results
+from _common import RESULTS, machine, write_results
 from _mirror import analysis_dir, analyzed, config_for, eval_dir, evaluated, trained
 
 TARGETS = {"recognition_per_task_train": (0.40, 0.85), "success": (0.25, 0.75)}
@@ -78,6 +78,24 @@ def attempt(name: str, overrides: list[str], data: Path, root: Path, analyse: bo
     return result
 
 
+def write(done: list[dict]) -> None:
+    """fine_calibration.{json,md}: every attempt, in the order run."""
+    pct = lambda x: f"{100 * x:.1f} %"  # noqa: E731
+    table = []
+    for d in done:
+        table += [(f"{d['attempt']}: per-task recognition, train views", pct(d["recognition_per_task_train"]),
+                   f"target 40-85 %; chance {pct(d['chance_per_task'])}"),
+                  (f"{d['attempt']}: per-task recognition, held-out views", pct(d["recognition_per_task_heldout"]),
+                   f"target >= {pct(3 * d['chance_per_task'])} (3x chance) and below train views"),
+                  (f"{d['attempt']}: all-variation recognition, train / held-out",
+                   f"{pct(d['recognition_all_train'])} / {pct(d['recognition_all_heldout'])}",
+                   f"chance {pct(d['chance_all'])}"),
+                  (f"{d['attempt']}: execution success", "-" if d["success"] is None else pct(d["success"]),
+                   f"target 25-75 %; {d['rollouts']} rollouts; overrides {' '.join(d['overrides']) or '-'}")]
+
+    write_results("fine_calibration", {"preset": "fine", "seed": 0, "attempts": done}, table)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, required=True, help="a dataset made with `generate --preset fine`")
@@ -92,20 +110,9 @@ def main() -> None:
         name, _, rest = spec.partition(":")
         overrides = [o for o in rest.split(",") if o]
         result = attempt(name, overrides, args.data, args.root, not args.no_analysis, args.understand_only)
+        result["mirroralign_commit"] = machine()["mirroralign_commit"]  # attempts may run from other snapshots
         done = [d for d in done if d["attempt"] != name] + [result]
-        pct = lambda x: f"{100 * x:.1f} %"  # noqa: E731
-        table = []
-        for d in done:
-            table += [(f"{d['attempt']}: per-task recognition, train views", pct(d["recognition_per_task_train"]),
-                       f"target 40-85 %; chance {pct(d['chance_per_task'])}"),
-                      (f"{d['attempt']}: per-task recognition, held-out views", pct(d["recognition_per_task_heldout"]),
-                       f"target >= {pct(3 * d['chance_per_task'])} (3x chance) and below train views"),
-                      (f"{d['attempt']}: all-variation recognition, train / held-out",
-                       f"{pct(d['recognition_all_train'])} / {pct(d['recognition_all_heldout'])}",
-                       f"chance {pct(d['chance_all'])}"),
-                      (f"{d['attempt']}: execution success", "-" if d["success"] is None else pct(d["success"]),
-                       f"target 25-75 %; {d['rollouts']} rollouts; overrides {' '.join(d['overrides']) or '-'}")]
-        write_results("fine_calibration", {"preset": "fine", "seed": 0, "attempts": done}, table)
+        write(done)
 
 
 if __name__ == "__main__":

@@ -254,7 +254,7 @@ def calibration_section(result: dict | None) -> list[str]:
              "`train`-view figure, execution success 25-75 %.", "",
              "| attempt | overrides | per-task recognition, train views | held-out views | chance per task | "
              "all variations, train / held-out | early clips (per task) | success [95 % CI] | targets met | "
-             "minutes |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "code |", "|---|---|---|---|---|---|---|---|---|---|"]
     for a in result["attempts"]:
         met = ", ".join(k.replace("recognition_per_task_", "") for k, ok in a["meets"].items() if ok) or "none"
         success = "not run" if a["success"] is None else \
@@ -262,7 +262,10 @@ def calibration_section(result: dict | None) -> list[str]:
         lines.append(f"| {a['attempt']} | {' '.join(a['overrides']) or '-'} | {pc(a['recognition_per_task_train'])} % "
                      f"| {pc(a['recognition_per_task_heldout'])} % | {pc(a['chance_per_task'])} % | "
                      f"{pc(a['recognition_all_train'])} / {pc(a['recognition_all_heldout'])} % | "
-                     f"{pc(a['recognition_early_train'])} % | {success} | {met} | {sum(a['seconds'].values()) / 60:.0f} |")
+                     f"{pc(a['recognition_early_train'])} % | {success} | {met} | {a.get('mirroralign_commit', '-')} |")
+        for band, r in a.get("candidate_held_out_bands", {}).items():
+            lines.append(f"| {a['attempt']}, other held-out band: {band} | | | {pc(r['per_task'])} % | | "
+                         f"- / {pc(r['all'])} % | | | | |")
     probed = [a for a in result["attempts"] if "probes" in a]
     if probed:
         lines += ["", "Probes of the independent pair (Recall@1 u→e / e→u; step 0: the same probe on the untrained "
@@ -272,7 +275,9 @@ def calibration_section(result: dict | None) -> list[str]:
             for key, q in a["probes"].items():
                 lines.append(f"| {a['attempt']} | {names[key]} | {pc(q['r1_u2e'])} / {pc(q['r1_e2u'])} % | "
                              f"{pc(q['step0_r1_u2e'])} / {pc(q['step0_r1_e2u'])} % | {pc(q['chance'])} % |")
-    return [*lines, "", machine_line(result), ""]
+    m = result["machine"]
+    return [*lines, "", f"{m['cpus']} CPUs, {m['platform']}, torch {m['torch']}, MUJOCO_GL={m['mujoco_gl']}; "
+                        f"each attempt ran the mirroralign commit named in its row; {result['date']}", ""]
 
 
 def cost_section() -> list[str]:
