@@ -224,6 +224,9 @@ def finetune(run: str | Path, data: str | Path, out: str | Path, reward: str = "
     bar = tqdm(range(start, ft.iterations), initial=start, total=ft.iterations, desc=f"finetune {ft.reward}",
                disable=not progress)
     interrupted = []
+    # Ctrl-C during rollouts drops the iteration (KeyboardInterrupt), during updates it finishes it first (below);
+    # installed here, since a process started in the background of a shell inherits SIGINT ignored
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         for i in bar:
             t0 = time.perf_counter()
@@ -286,6 +289,7 @@ def finetune(run: str | Path, data: str | Path, out: str | Path, reward: str = "
             if interrupted:
                 raise KeyboardInterrupt
     finally:
+        signal.signal(signal.SIGINT, outer)
         bar.close()
         metrics.close()
         episodes_log.close()
