@@ -35,8 +35,9 @@ class Band:
     jitter: float = 0.05
 
     def contains(self, pose: ObserverPose) -> bool:
-        az = pose.azimuth
-        return (any(lo <= az % 360 + turn <= hi for lo, hi in self.azimuth for turn in (0, 360)) and self.elevation[0] <= pose.elevation <= self.elevation[1]
+        az = pose.azimuth % 360  # intervals may run past 360 (350-390 is 350-30)
+        return (any(lo <= az + turn <= hi for lo, hi in self.azimuth for turn in (0, 360))
+                and self.elevation[0] <= pose.elevation <= self.elevation[1]
                 and self.distance[0] <= pose.distance <= self.distance[1])
 
 

@@ -106,5 +106,5 @@ def recognition_scores(model, videos: torch.Tensor, labels: torch.Tensor, variat
     per_task = per_task_top1(logits, labels, tasks)
     return {"top1": top1.float().mean().item(), "top5": top5.float().mean().item(), "n": len(labels),
             "chance": 1 / len(variation_ids), "per_task_top1": per_task["top1"], "chance_per_task": per_task["chance"],
-            "per_task": per_task["tasks"], "per_variation": per_variation, "predictions": ranked[:, 0].tolist(), "labels": labels.tolist(),
-            "variation_ids": list(variation_ids)}
+            "per_task": per_task["tasks"], "per_variation": per_variation, "predictions": ranked[:, 0].tolist(),
+            "labels": labels.tolist(), "variation_ids": list(variation_ids)}
