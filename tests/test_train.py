@@ -300,6 +300,10 @@ def test_understanding_augmentation_shifts_a_clip_as_one():
         assert all(torch.equal(frame, clip[0]) for frame in clip)  # one shift for the whole clip
     plain = to_float_image(image[0, 0])
     assert any(not torch.equal(clip[0], plain) for clip in shifted)  # and it does shift
+    # not the shift the policy gives its first camera from the same sample seed (a cue shared by a paired sample)
+    from mirroralign.models.blocks import random_shift
+    policy_shift = random_shift(plain.expand(3, -1, -1, -1), seeds=[11, 12, 13])
+    assert any(not torch.equal(clip[0], policy) for clip, policy in zip(shifted, policy_shift))
     model.eval()
     seen.clear()
     model.recognize({"video": video})

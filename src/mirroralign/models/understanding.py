@@ -17,6 +17,9 @@ from mirroralign.models.blocks import random_shift, resolve_tap, to_float_image,
 from mirroralign.text import TEXT_DIM
 
 
+CLIP_SHIFT_SALT = 0x5EED_C11B  # see encode_video
+
+
 class VideoEncoder(nn.Module):
     """Each frame: patch embedding and spatial attention (CLS token); then attention over the frames."""
 
@@ -74,7 +77,9 @@ class UnderstandingModel(nn.Module):
     def encode_video(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         seeds = None
         if self.training and self.config.augment:  # the trainer's per-sample seeds: the same shifts on any rank
-            seeds = batch["sample_seed"].tolist() if "sample_seed" in batch else \
+            # the policy shifts its agent images from the same sample seeds: offset them, or a paired clip and step
+            # would share their shift, a cue that alignment could match on instead of the content
+            seeds = [s ^ CLIP_SHIFT_SALT for s in batch["sample_seed"].tolist()] if "sample_seed" in batch else \
                 torch.randint(2 ** 62, (len(batch["video"]),)).tolist()
         pooled, taps = self.video(batch["video"], seeds)
         return F.normalize(self.video_proj(pooled), dim=-1), taps
