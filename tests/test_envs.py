@@ -45,6 +45,18 @@ def test_same_seed_and_actions_give_identical_images_and_states():
     assert fc[0]["corner"].tobytes() != fa[0]["corner"].tobytes()
 
 
+def test_draft_fidelity_drops_only_multisampling():
+    """draft = fast without anti-aliasing: the same scene, edges differ by a few levels, and draft is deterministic."""
+    def first_image(fidelity):
+        return make_env("metaworld", "push", 64, ["corner"], fidelity).reset(PUSH, 7).images["corner"].astype(int)
+
+    fast, draft = first_image("fast"), first_image("draft")
+    assert np.array_equal(draft, first_image("draft"))
+    diff = np.abs(fast - draft)
+    assert diff.max() > 0 and diff.mean() < 10  # aliasing, not another picture
+    assert (diff.max(axis=-1) > 0).mean() < 0.5  # most pixels (flat surfaces) are the same
+
+
 def test_actions_beyond_the_action_space_are_clipped_by_the_adapter():
     """The policy returns its chunk unclipped (RLBench poses are in metres); Meta-World's adapter clips to [-1, 1],
     so an overshooting action does exactly what its clipped self does."""

@@ -11,8 +11,10 @@ import torch
 from conftest import run_cli
 
 from mirroralign.config import load_config
+from mirroralign.data.datasets import to_chw, uniform_indices
 from mirroralign.data.store import EpisodeStore
 from mirroralign.envs import make_env
+from mirroralign.evaluate import recognition  # its test_clips is not a test: imported by module
 from mirroralign.evaluate.recognition import per_task_top1, recognition_scores, replay_frames
 from mirroralign.errors import SimulatorError
 from mirroralign.evaluate.rollouts import run_rollouts
@@ -25,6 +27,19 @@ def test_replaying_stored_actions_reproduces_the_stored_frames(tiny_dataset):
     eid = store.episode_ids("test")[0]
     stored = store.load(eid)["observer.corner"]
     assert np.array_equal(replay_frames(store, eid, "corner"), stored)
+    # only some frames rendered (the rest stepped without rendering): the same pixels, in the order asked
+    assert np.array_equal(replay_frames(store, eid, "corner", indices=[5, 0, 3, 3]), stored[[5, 0, 3, 3]])
+
+
+def test_clips_from_another_camera_render_only_their_frames_and_match_a_full_replay(tiny_dataset):
+    store = EpisodeStore(tiny_dataset)
+    (full, labels), (early, _) = recognition.test_clips(store, "corner2", frames=4, fractions=(1.0, 0.5))
+    for i, eid in enumerate(store.episode_ids("test")):
+        frames = to_chw(replay_frames(store, eid, "corner2"))
+        length = store.episodes[eid]["length"]
+        assert np.array_equal(full[i].numpy(), frames[uniform_indices(0, length, 4)])
+        assert np.array_equal(early[i].numpy(), frames[uniform_indices(0, round(length * 0.5), 4)])
+        assert labels[i] == store.variation_index[store.episodes[eid]["variation"]]
 
 
 def test_evaluation_renders_at_the_fidelity_of_the_dataset(tmp_path):

@@ -25,7 +25,7 @@ NAMES = st.sampled_from(["corner", "corner3", "gripperPOV", "topview", "behindGr
 # leaf -> values that validate() accepts on the tiny preset (spatial and temporal layers: 1, execution layers: 1)
 VALID = {
     "env.image_size": st.integers(8, 512),
-    "env.fidelity": st.sampled_from(["fast", "full"]),
+    "env.fidelity": st.sampled_from(["fast", "full", "draft"]),
     "env.max_steps": st.integers(1, 500),
     "env.observer_cameras": st.lists(NAMES, min_size=1, max_size=3),
     "data.suite": st.sampled_from(["mirror10", "mt10", "mt50"]),

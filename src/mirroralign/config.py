@@ -19,6 +19,7 @@ from mirroralign.envs.views import VIEW_NAMES
 from mirroralign.errors import UsageError
 
 PRESETS = ("tiny", "quick", "standard", "fine", "full")
+FIDELITIES = ("full", "fast", "draft")
 SEED_LIMIT = 2 ** 31  # seeds are scaled (by ~1e6) into per-step and per-scene seeds, which must stay below 2**63
 
 
@@ -33,7 +34,9 @@ class EnvConfig:
     # camera posed per episode from its scene seed, stored under the view's name (replacing observer_cameras)
     observer_view: str = "fixed"
     agent_cameras: list[str] = field(default_factory=lambda: ["corner3", "gripperPOV"])
-    fidelity: str = "fast"  # fast: shadows and reflections off (~3x faster rendering); full: on
+    # full: shadows and reflections on; fast: off (~3x faster rendering); draft: also no multisampling (~3x faster
+    # again under OSMesa; edges alias, 3.5/255 mean pixel difference from fast)
+    fidelity: str = "fast"
     max_steps: int = 300  # an expert episode longer than this counts as a failure
 
     @property
@@ -178,7 +181,7 @@ def validate(config: Config) -> None:
     e, d = config.env, config.data
     checks = [
         (e.image_size >= 8, f"env.image_size must be >= 8, got {e.image_size}"),
-        (e.fidelity in ("fast", "full"), f"env.fidelity must be 'fast' or 'full', got {e.fidelity!r}"),
+        (e.fidelity in FIDELITIES, f"env.fidelity must be one of {', '.join(FIDELITIES)}, got {e.fidelity!r}"),
         (e.observer_view in VIEW_NAMES, f"env.observer_view must be one of {', '.join(VIEW_NAMES)}, got "
                                         f"{e.observer_view!r}"),
         (0 < e.max_steps <= 500, f"env.max_steps must be in 1..500 (Meta-World's limit), got {e.max_steps}"),
