@@ -5,7 +5,15 @@ import pytest
 import torch
 
 from mirroralign.analysis.metrics import all_metrics, cka, cknna, hsic_biased, hsic_unbiased, mutual_knn, unbiased_cka
-from mirroralign.stats import mann_whitney, mean_ci, proportion_ci, within_group_difference
+from mirroralign.stats import (
+    holm,
+    mann_whitney,
+    mean_ci,
+    paired_t,
+    proportion_ci,
+    seeds_for_half_width,
+    within_group_difference,
+)
 
 
 def test_identical_inputs_score_one():
@@ -127,3 +135,29 @@ def test_wilson_interval_by_hand_and_wide_at_the_bounds():
     assert proportion_ci([True] * 10)["low"] < 0.75  # a bootstrap would say [1, 1]
     with pytest.raises(ValueError):
         proportion_ci([])
+
+
+def test_paired_t_by_hand():
+    d = [0.01, 0.03, -0.01, 0.05]  # mean 0.02, sd sqrt(0.00066667) = 0.025820, t(3, .975) = 3.182446
+    r = paired_t(d)
+    half = 3.182446 * 0.025820 / 2
+    assert r["mean"] == pytest.approx(0.02) and r["sd"] == pytest.approx(0.025820, rel=1e-4)
+    assert r["half_width"] == pytest.approx(half, rel=1e-4) and r["low"] == pytest.approx(0.02 - half, rel=1e-4)
+    # t = 0.02 / (0.02582 / 2) = 1.5492; df 3 has a closed-form CDF: 1/2 + (a / (1 + a^2) + atan(a)) / pi, a = t/sqrt3
+    a = 1.5492 / np.sqrt(3)
+    assert r["p_value"] == pytest.approx(2 * (0.5 - (a / (1 + a * a) + np.arctan(a)) / np.pi), abs=1e-4)
+    assert paired_t([0.1, 0.1])["low"] is None  # no spread: no interval claiming certainty
+
+
+def test_holm_by_hand():
+    # sorted 0.01, 0.02, 0.04 -> x3, x2, x1 = 0.03, 0.04, 0.04 (kept monotone); untested stays None
+    adjusted = holm({"a": 0.04, "b": 0.01, "c": 0.02, "d": None})
+    assert adjusted["d"] is None
+    assert [adjusted[k] for k in "bca"] == pytest.approx([0.03, 0.04, 0.04])
+    assert holm({"a": 0.6, "b": 0.5})["a"] == 1.0  # capped at 1
+
+
+def test_seeds_for_half_width_is_the_smallest_that_reaches_it():
+    n = seeds_for_half_width(2.45, 2.0)
+    assert n == 9  # t(8) 2.306 * 2.45 / 3 = 1.88; with 8: t(7) 2.365 * 2.45 / 2.83 = 2.05
+    assert seeds_for_half_width(1.0, 10.0) == 2

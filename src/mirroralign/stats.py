@@ -1,5 +1,6 @@
 """Statistics for reporting: confidence intervals (Wilson for a rate of 0/1 outcomes, bootstrap for any other
-mean), the Mann-Whitney U test and a within-group comparison of successes and failures (SciPy)."""
+mean), the Mann-Whitney U test, a within-group comparison of successes and failures, and the paired-seed t
+interval, Holm's correction and the seed count it needs (SciPy)."""
 
 from __future__ import annotations
 
@@ -53,3 +54,37 @@ def within_group_difference(scores, outcomes, groups) -> dict:
     p = float(stats.wilcoxon(values).pvalue) if len(values) and np.any(values != 0) else None
     return {"groups": len(values), "mean_difference": float(values.mean()) if len(values) else None,
             "positive": int((values > 0).sum()), "p_value": p, "per_group": {str(g): d for g, d in diffs.items()}}
+
+
+def paired_t(differences, confidence: float = 0.95) -> dict:
+    """Mean of per-seed paired differences with its Student-t CI and two-sided p (H0: mean 0). The seed is the unit
+    of replication: a bootstrap over a handful of seeds is far too narrow."""
+    x = np.asarray(differences, dtype=float)
+    if len(x) < 2 or np.ptp(x) == 0:
+        return {"mean": float(x.mean()) if len(x) else None, "low": None, "high": None, "half_width": None,
+                "p_value": None, "sd": float(x.std(ddof=1)) if len(x) > 1 else None, "n": len(x)}
+    sem = stats.sem(x)
+    half = float(stats.t.ppf((1 + confidence) / 2, len(x) - 1) * sem)
+    return {"mean": float(x.mean()), "low": float(x.mean() - half), "high": float(x.mean() + half),
+            "half_width": half, "p_value": float(stats.ttest_1samp(x, 0.0).pvalue), "sd": float(x.std(ddof=1)),
+            "n": len(x)}
+
+
+def holm(p_values: dict) -> dict:
+    """Holm's step-down adjustment of a family of p-values (None: not tested, left None). Controls the
+    family-wise error rate at any level without assuming independence."""
+    tested = sorted((p, k) for k, p in p_values.items() if p is not None)
+    adjusted, running = {k: None for k in p_values}, 0.0
+    for rank, (p, k) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - rank) * p))  # adjusted p-values never decrease
+        adjusted[k] = running
+    return adjusted
+
+
+def seeds_for_half_width(sd: float, half_width: float, confidence: float = 0.95, most: int = 200) -> int:
+    """Smallest number of seeds n >= 2 for which the t CI of a mean of n paired differences with standard deviation
+    `sd` has at most `half_width`: t(n-1) * sd / sqrt(n) <= half_width."""
+    for n in range(2, most + 1):
+        if stats.t.ppf((1 + confidence) / 2, n - 1) * sd / np.sqrt(n) <= half_width:
+            return n
+    raise ValueError(f"more than {most} seeds for sd {sd} and half-width {half_width}")
