@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 from mirroralign.analysis.metrics import all_metrics
 from mirroralign.analysis.probe import chance_recall, probe_scores, recall_at_1
 from mirroralign.analysis.run import (WINDOWS_PER_EPISODE, agent_steps, episode_representations, execution_run,
-                                      initialized, split_episodes, time_aligned_representations, time_aligned_scores)
+                                      initialized, over_training, split_episodes, time_aligned_representations,
+                                      time_aligned_scores)
 from mirroralign.config import load_config
 from mirroralign.data.store import EpisodeStore, write_episode
 from mirroralign.train import load_run
@@ -73,6 +74,16 @@ def test_analyze_mirror_run(mirror_run, tiny_dataset, tmp_path):
     assert a["probe"]["r1_episode_e2u"] == pytest.approx(recall_at_1(se, su, episode))
     assert set(a["aligner"]) == {"r1_u2e", "r1_e2u"}
     assert [row["step"] for row in a["over_training"]] == [0, 20]  # initialization, then each checkpoint
+    # the rows analyze reuses (step 0 from at_init, the last step from the main probe) equal computed ones
+    runs = [load_run(mirror_run)]
+    store = EpisodeStore(tiny_dataset)
+    (train_eps, groups), (test_eps, labels) = split_episodes(store, "train"), split_episodes(store, "test")
+    frames = runs[0].config.model.understanding.frames
+    computed = over_training(runs, frames, train_eps, groups, test_eps, labels, a["k"])
+    assert len(computed) == len(a["over_training"])
+    assert all(c == pytest.approx(r) for c, r in zip(computed, a["over_training"]))
+    assert a["over_training"][0]["r1_u2e"] == pytest.approx(a["at_init"]["probe"]["r1_u2e"])
+    assert a["over_training"][-1]["r1_u2e"] == pytest.approx(a["probe"]["r1_u2e"])
     # the controls, and every probe at step 0 as well
     for probe in ("probe_blind", "probe_time"):
         for scores in (a[probe], a["at_init"][probe]):

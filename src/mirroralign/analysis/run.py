@@ -239,10 +239,14 @@ def analyze(run_dirs: list[str | Path], data: str | Path, out: str | Path, rollo
                                         "within_variation": within_group_difference(
                                             score, success, [store.variations[e["variation"]].id for e in episodes])}
 
-    result["over_training"] = over_training(runs, frames, train_eps, train_groups, test_eps, test_labels, k)
     init = [initialized(r) for r in runs]  # every probe at step 0 too: what initialisation alone gives
     (tu, te), (su, se) = _representations_at(init, frames, train_eps, test_eps)
-    result["at_init"] = {"probe": probe_scores(tu, te, train_groups, su, se, test_labels)[0],
+    init_probe = probe_scores(tu, te, train_groups, su, se, test_labels)[0]
+    known = {0: row(0, init_probe, mutual_knn(su, se, k))}  # rows computed above are not computed again
+    if len({r.step for r in runs}) == 1:  # the analysed models are the checkpoints of one step
+        known[runs[0].step] = row(runs[0].step, probe, result["mutual_knn"])
+    result["over_training"] = over_training(runs, frames, train_eps, train_groups, test_eps, test_labels, k, known)
+    result["at_init"] = {"probe": init_probe,
                          **control_probes(init, frames, train_eps, train_groups, test_eps, test_labels)}
     out.mkdir(parents=True, exist_ok=True)
     (out / "analysis.json").unlink(missing_ok=True)  # written last: a rerun cut short never pairs old with new
@@ -263,20 +267,29 @@ def initialized(run: LoadedRun) -> LoadedRun:
     return replace(run, models=models.eval(), step=0, checkpoint_sha256=None)
 
 
-def over_training(runs, frames, train_eps, train_groups, test_eps, test_labels, k) -> list[dict]:
+def over_training(runs, frames, train_eps, train_groups, test_eps, test_labels, k, known: dict | None = None) -> list[dict]:
     """The probe's Recall@1 and mutual k-NN at initialization (step 0: what the probe finds in untrained
-    models, the baseline for "alignment emerges") and at every checkpoint step the run(s) share."""
+    models, the baseline for "alignment emerges") and at every checkpoint step the run(s) share; `known`: rows
+    already computed, by step (the same seeds give the same numbers)."""
+    known = known or {}
     steps = set.intersection(*[{p.name for p in (r.path / CHECKPOINTS).glob("step_*.json")} for r in runs])
     rows = []
     for name in [None, *sorted(steps)]:  # None: initialization
+        step = 0 if name is None else int(name.removeprefix("step_").removesuffix(".json"))
+        if step in known:
+            rows.append(known[step])
+            continue
         at = [initialized(r) if name is None else load_run(r.path, checkpoint=name) for r in runs]
         rows.append(alignment_row(at, frames, train_eps, train_groups, test_eps, test_labels, k))
     return rows
+
+
+def row(step: int, scores: dict, knn: float) -> dict:
+    return {"step": step, "r1_u2e": scores["r1_u2e"], "r1_e2u": scores["r1_e2u"], "mutual_knn": knn}
 
 
 def alignment_row(runs, frames, train_eps, train_groups, test_eps, test_labels, k) -> dict:
     """The probe's Recall@1 (a fresh probe on these models' train representations) and mutual k-NN."""
     (tu, te), (su, se) = _representations_at(runs, frames, train_eps, test_eps)
     scores, _ = probe_scores(tu, te, train_groups, su, se, test_labels)
-    return {"step": runs[0].step, "r1_u2e": scores["r1_u2e"], "r1_e2u": scores["r1_e2u"],
-            "mutual_knn": mutual_knn(su, se, k)}
+    return row(runs[0].step, scores, mutual_knn(su, se, k))
