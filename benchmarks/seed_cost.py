@@ -122,9 +122,12 @@ def main() -> None:
     before_tree = args.work / "before-tree"
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(before_tree), args.before],
                    check=True)
+    load = {"start": os.getloadavg()[0]}  # other work on the machine skews both versions: it is recorded
     try:
         before = run_units(before_tree, args.work / "before", jobs=1, threads=None)
+        load["between"] = os.getloadavg()[0]
         after = run_units(ROOT, args.work / "after", jobs=2, threads=1)
+        load["end"] = os.getloadavg()[0]
     finally:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(before_tree)], check=False)
     b = per_seed(before[0], 1.0)
@@ -136,7 +139,8 @@ def main() -> None:
              for stage in b]
     write_results("seed_cost", {"before_commit": args.before, "seed_counts": SEED, "small_dataset": SMALL,
                                 "units_before": before, "units_after": after, "per_seed_before_s": b,
-                                "per_seed_after_s": a, "ratio": ratio, "meets_half": ratio <= 0.5}, table,
+                                "per_seed_after_s": a, "ratio": ratio, "meets_half": ratio <= 0.5,
+                                "load_average_1min": load}, table,
                   header=("stage of one fine seed", "before -> after", "ratio"))
 
 

@@ -293,11 +293,11 @@ def fine_section(result: dict | None) -> list[str]:
              f"{result['machine']['mirroralign_commit']}):", "",
              "| endpoint | baseline | mirror | difference [95 % CI] | Holm p | verdict |", "|---|---|---|---|---|---|"]
     for k in [*PRIMARY, *[k for k in c if k not in PRIMARY and not k.startswith("chance")]]:
-        d = c[k]
-        diff = "n/a" if d["low"] is None else f"{d['mean']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}]"
+        d, f = c[k], ".3f" if k in ("mutual_knn", "cka", "cknna") else ".1f"  # indices in [0, 1]; the rest in %
+        diff = "n/a" if d["low"] is None else f"{d['mean']:+{f}} [{d['low']:+{f}}, {d['high']:+{f}}]"
         p_holm = "" if d.get("p_holm") is None else f"{d['p_holm']:.3f}"
-        lines.append(f"| {k}{' (primary)' if k in PRIMARY else ''} | {mean(k, 'baseline'):.1f} | "
-                     f"{mean(k, 'mirror'):.1f} | {diff} | {p_holm} | {d.get('verdict', 'secondary')} |")
+        lines.append(f"| {k}{' (primary)' if k in PRIMARY else ''} | {mean(k, 'baseline'):{f}} | "
+                     f"{mean(k, 'mirror'):{f}} | {diff} | {p_holm} | {d.get('verdict', 'secondary')} |")
     gates = ", ".join(f"{k}: {'met' if ok else 'NOT met'}" for k, ok in result["calibration_gates"].items())
     secs = [s["seconds"] for s in result["seconds_per_seed"]]
     return [*lines, "", f"Validity gates: {gates}. Chance per task {mean('chance_per_task', 'baseline'):.1f} %. "
@@ -311,6 +311,9 @@ def cost_section() -> list[str]:
                           ("evaluation", "`python benchmarks/evaluation.py --run OUT/runs/execute --episodes 1` "
                                          "(OUT: the output of the `quick` demo)"),
                           ("demo", "`python benchmarks/demo.py`"),
+                          ("seed_cost", "`python benchmarks/seed_cost.py` (one seed of the `fine` benchmark, before and "
+                                        "after the changes that halve it, composed from stage units timed in one "
+                                        "run; see the script's docstring)"),
                           ("reliability", "`python benchmarks/reliability.py`")]:
         md = RESULTS / f"{name}.md"
         if md.is_file():
@@ -318,7 +321,24 @@ def cost_section() -> list[str]:
     return lines
 
 
-def headline(result: dict | None) -> str:
+def fine_headline(result: dict | None) -> str:
+    """The pre-registered primaries, for README's headline."""
+    if result is None:
+        return "_The pre-registered benchmark on mirror-fine has not been run yet._"
+    c, m, n = result["comparison"], result["metrics"], len(result["seeds"])
+    parts = []
+    for k, label in zip(PRIMARY, ("task success", "per-task recognition from train views", "from held-out views")):
+        d = c[k]
+        diff = "n/a" if d["low"] is None else f"{d['mean']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}]"
+        parts.append(f"{label} {sum(m[k]['baseline']) / n:.1f} -> {sum(m[k]['mirror']) / n:.1f} % ({diff}: "
+                     f"{d['verdict']})")
+    return (f"Pre-registered benchmark ({'partial, ' if not result['complete'] else ''}{n} of "
+            f"{len(result['seeds_planned'])} seeds, `fine` preset, mirror-fine): " + "; ".join(parts) + ".")
+
+
+def headline(result: dict | None, fine: dict | None = None) -> str:
+    if fine is not None:
+        return fine_headline(fine) + "\n\n" + headline(result)
     if result is None:
         return "_The mirror benchmark has not been run yet._"
     c = result["comparison"]
@@ -355,7 +375,8 @@ def main() -> None:
     readme = (ROOT / "README.md").read_text()
     marker = re.compile(r"(<!-- headline:start -->\n).*?(\n<!-- headline:end -->)", re.S)
     if marker.search(readme):
-        (ROOT / "README.md").write_text(marker.sub(lambda m: m.group(1) + headline(main_result) + m.group(2), readme))
+        (ROOT / "README.md").write_text(marker.sub(lambda m: m.group(1) + headline(main_result, load("mirror_fine"))
+                                                             + m.group(2), readme))
     print(f"wrote {ROOT / 'BENCHMARKS.md'}")
 
 
