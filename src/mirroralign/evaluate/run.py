@@ -11,10 +11,10 @@ import numpy as np
 
 from mirroralign.stats import proportion_ci
 from mirroralign.data.datasets import empty_split_error
+from mirroralign.data.generate import scene_seed
 from mirroralign.data.store import EpisodeStore, read_json, require_writable, write_episode, write_json_atomic
 from mirroralign.envs import check_simulator
 from mirroralign.errors import DataError, UsageError
-from mirroralign.data.generate import scene_seed
 from mirroralign.evaluate.conditioning import Conditioning
 from mirroralign.evaluate.recognition import known_views, recognition_scores, test_clips
 from mirroralign.evaluate.rollouts import run_rollouts
