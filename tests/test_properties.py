@@ -40,6 +40,7 @@ VALID = {
     "train.weight_decay": _float(0, 1),
     "train.clip_window": st.one_of(st.none(), st.integers(2, 1000)),
     "train.device": st.sampled_from(["auto", "cpu", "cuda"]),
+    "train.condition": st.sampled_from(["text", "video", "mixed"]),
     "align.positives": st.sampled_from(["instruction", "episode", "task"]),
     "align.temperature": _float(1e-6, 10),
     "align.lambda_align": _float(0, 100),

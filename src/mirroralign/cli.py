@@ -151,7 +151,8 @@ def cmd_evaluate(args) -> int:
     from mirroralign.evaluate.run import evaluate
 
     out = evaluate(args.run, args.data, args.out, view=args.view, episodes=args.episodes, workers=args.workers,
-                   rollouts=not args.no_rollouts)
+                   rollouts=not args.no_rollouts, condition=args.condition, demo_split=args.demo_split,
+                   demo_view=args.demo_view)
     print(f"evaluation: {out / 'metrics.json'}")
     return 0
 
@@ -262,6 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, help="rollout episodes per variation")
     p.add_argument("--no-rollouts", action="store_true", help="recognition only (e.g. from another --view)")
     p.add_argument("--workers", type=int, help="simulator worker processes")
+    p.add_argument("--condition", default="text", choices=["text", "video", "sibling", "null"],
+                   help="how rollouts are told their task: the instruction (default), a demonstration clip of the "
+                        "variation from another scene, a clip of a sibling variation of the same task, or nothing")
+    p.add_argument("--demo-split", choices=["train", "test"], help="where the demonstrations come from (default: train)")
+    p.add_argument("--demo-view", help="camera or view the demonstrations are seen from (default: the dataset's "
+                                       "observer camera; another one replays them)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("analyze", help="probe, metrics and success-vs-failure of the two models' representations")

@@ -20,6 +20,8 @@ from mirroralign.errors import UsageError
 
 PRESETS = ("tiny", "quick", "standard", "fine", "full")
 FIDELITIES = ("full", "fast", "draft")
+CONDITIONS = ("text", "video", "mixed")  # train.condition
+CONDITION_DEFAULTS = {"condition": "text", "condition_run": None}
 SEED_LIMIT = 2 ** 31  # seeds are scaled (by ~1e6) into per-step and per-scene seeds, which must stay below 2**63
 
 
@@ -112,6 +114,11 @@ class TrainConfig:
     clip_window: Optional[int] = None  # observer clips: the whole episode (None) or a window of W steps
     keyframes: bool = False  # execution steps at PerAct/RVT keyframes only, chunks of keyframe poses (RLBench)
     device: str = "auto"  # auto: cuda when available, else cpu
+    # how the policy is told its task (README "Observe, then do"): text (the instruction's sentence embedding),
+    # video (an observer clip of another episode of the same variation, in the understanding model's joint
+    # video-text space) or mixed (either, half and half per sample); execute and mirror modes only
+    condition: str = "text"
+    condition_run: Optional[str] = None  # execute mode, video or mixed: the frozen understand run that embeds
 
 
 @dataclass
@@ -136,7 +143,12 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The resolved config, as run identities and benchmark caches hash it."""
+        d = asdict(self)
+        for key, default in CONDITION_DEFAULTS.items():  # runs made before task conditioning keep their identity
+            if d["train"][key] == default:
+                del d["train"][key]
+        return d
 
     def dataset_identity(self) -> dict:
         """What determines a dataset's content (a resumed `generate` must match it)."""
@@ -209,6 +221,9 @@ def validate(config: Config) -> None:
         (t.checkpoint_every > 0 and t.log_every > 0, "train.checkpoint_every and train.log_every must be positive"),
         (t.clip_window is None or t.clip_window > 1, "train.clip_window must be > 1 (or null: whole episode)"),
         (t.device in ("auto", "cpu", "cuda"), f"train.device must be auto, cpu or cuda, got {t.device!r}"),
+        (t.condition in CONDITIONS, f"train.condition must be one of {', '.join(CONDITIONS)}, got {t.condition!r}"),
+        (t.condition_run is None or t.condition != "text",
+         "train.condition_run is read only with train.condition=video or mixed"),
         (a.positives in ("instruction", "episode", "task"),
          f"align.positives must be instruction, episode or task, got {a.positives!r}"),
         (a.temperature > 0 and a.dim > 0, "align.temperature and align.dim must be positive"),

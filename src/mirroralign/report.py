@@ -137,14 +137,17 @@ def recognition_section(evals) -> str:
 
 
 def success_section(evals) -> str:
-    rows, task_rows, gifs = [], [], []
+    rows, task_rows, gifs, told = [], [], [], []
     for path, m in evals:
         ro = m.get("rollouts")
         if not ro:
             continue
         with _reading(path / "metrics.json", "evaluation"):
-            rows.append([m["mode"], f"{100 * ro['success_rate']:.1f} % [{100 * ro['ci95'][0]:.1f}, "
-                                    f"{100 * ro['ci95'][1]:.1f}]", ro["n"], ro.get("worker_restarts", 0), str(path)])
+            condition = m.get("condition", {}).get("kind", "text")  # evaluations made before conditioning: text
+            shown = ro.get("shown_variation")
+            rows.append([m["mode"], condition, _rate(ro), ro["n"],
+                         "-" if not shown else f"{_rate(shown)} of {shown['n_scored']}", ro.get("worker_restarts", 0),
+                         str(path)])
             task_rows += [[m["mode"], t, f"{100 * v['success_rate']:.0f} %", v["n"]]
                           for t, v in sorted(ro["per_task"].items())]
         for folder in sorted((path / "rollouts" / EPISODES).glob("*/rollout-*"))[:: 4][:6]:
@@ -155,13 +158,47 @@ def success_section(evals) -> str:
                     raise KeyError("no observer.* array")
                 label = f"{meta['variation_id']} ({'success' if meta['success'] else 'failure'})"
                 gifs.append(f"<figure>{_gif(arrays[obs])}<figcaption>{html.escape(label)}</figcaption></figure>")
+        told += shown_clips(path)
     if not rows:
         return ""
     return ("<h2>Embodied execution: success in simulation</h2>"
-            + _table(["mode", "success [95 % CI]", "episodes", "worker restarts", "evaluation"], rows)
+            + "<p class='note'>Condition: how the policy was told its task (text: the instruction; video: a "
+              "demonstration clip of the variation from another scene; sibling: a clip of another variation of the "
+              "same task; null: nothing). Shown variation done: how often a sibling-conditioned rollout completed "
+              "the variation it was shown, among the rollouts the simulator can score.</p>"
+            + _table(["mode", "condition", "success [95 % CI]", "episodes", "shown variation done",
+                      "worker restarts", "evaluation"], rows)
             + "<details><summary>per task</summary>" + _table(["mode", "task", "success", "n"], task_rows)
             + "</details><h3>Rollouts (observer view)</h3><div class='gifs' style='display:flex;flex-wrap:wrap'>"
-            + "".join(gifs) + "</div>")
+            + "".join(gifs) + "</div>"
+            + ("" if not told else "<h3>Shown, then done: the conditioning clip beside the rollout</h3>"
+               "<div class='gifs' style='display:flex;flex-wrap:wrap'>" + "".join(told) + "</div>"))
+
+
+def _rate(entry: dict) -> str:
+    if entry["success_rate"] is None:
+        return "-"
+    return f"{100 * entry['success_rate']:.1f} % [{100 * entry['ci95'][0]:.1f}, {100 * entry['ci95'][1]:.1f}]"
+
+
+def shown_clips(path: Path, n: int = 3) -> list[str]:
+    """Up to n rollouts of a video- or sibling-conditioned evaluation, each beside the clip it was shown."""
+    out = []
+    for folder in sorted((path / "rollouts" / EPISODES).glob("*/rollout-*")):
+        if len(out) == n:
+            break
+        with _reading(folder, "rollout"):
+            meta, arrays = load_episode_folder(folder)
+            if "demo" not in meta:
+                return out  # not told by a clip
+            obs = next(k for k in arrays if k.startswith("observer."))
+            demo = meta["demo"]
+            shown = f"shown: {demo['variation_id']} ({demo['episode']}, {demo['view']})"
+            done = f"did: {meta['variation_id']} ({'success' if meta['success'] else 'failure'})"
+            out.append(f"<figure>{_gif(arrays['condition.clip'], fps=4)}<figcaption>{html.escape(shown)}"
+                       f"</figcaption></figure><figure>{_gif(arrays[obs])}<figcaption>{html.escape(done)}"
+                       f"</figcaption></figure>")
+    return out
 
 
 def analysis_section(analyses) -> str:

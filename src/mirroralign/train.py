@@ -17,7 +17,7 @@ import math
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -46,10 +46,14 @@ from mirroralign.errors import DataError, UsageError
 from mirroralign.models.align import Aligner
 from mirroralign.models.execution import ExecutionPolicy
 from mirroralign.models.understanding import UnderstandingModel
+from mirroralign.text import TEXT_DIM
 
 MODES = ("understand", "execute", "mirror")
 PARTS = {"understand": ("understanding",), "execute": ("execution",),
          "mirror": ("understanding", "execution", "aligner")}
+# An execute run told its task by video (train.condition) also holds the frozen understanding model that embeds the
+# clips, copied from train.condition_run at the start: the run is then whole even if that run moves on or goes.
+CONDITION_PART = "condition"
 
 
 class NumericalError(RuntimeError):
@@ -62,10 +66,11 @@ def make_dataset(store: EpisodeStore, config: Config, mode: str, split: str = "t
     u, x, t = config.model.understanding, config.model.execution, config.train
     if mode == "understand":
         return ObserverClips(store, split, frames=u.frames, window=t.clip_window, train=train)
+    told = {} if t.condition == "text" else {"demo_frames": u.frames, "demo_p": 1.0 if t.condition == "video" else 0.5}
     if mode == "execute":
-        return AgentSteps(store, split, horizon=x.horizon, train=train, keyframes=t.keyframes)
+        return AgentSteps(store, split, horizon=x.horizon, train=train, keyframes=t.keyframes, **told)
     return PairedSamples(store, split, frames=u.frames, horizon=x.horizon, window=t.clip_window, train=train,
-                         keyframes=t.keyframes)
+                         keyframes=t.keyframes, **told)
 
 
 def build_models(config: Config, mode: str, store: EpisodeStore) -> nn.ModuleDict:
@@ -77,14 +82,28 @@ def build_models(config: Config, mode: str, store: EpisodeStore) -> nn.ModuleDic
     if "understanding" in PARTS[mode]:
         parts["understanding"] = UnderstandingModel(config.model.understanding, size, text_embeddings,
                                                     torch.tensor(store.text_variation))
+    told_by_video = config.train.condition != "text" and mode != "understand"
+    if told_by_video and mode == "execute":
+        parts[CONDITION_PART] = UnderstandingModel(config.model.understanding, size, text_embeddings,
+                                                   torch.tensor(store.text_variation)).requires_grad_(False)
     if "execution" in PARTS[mode]:
+        task_dim = config.model.understanding.embed_dim if told_by_video else TEXT_DIM
         parts["execution"] = ExecutionPolicy(config.model.execution, len(store.manifest["cameras"]["agent"]),
-                                             proprio_dim, action_dim, text_embeddings=text_embeddings)
+                                             proprio_dim, action_dim, text_embeddings=text_embeddings,
+                                             task_dim=task_dim)
+        if told_by_video:
+            parts["execution"].read_text_through(conditioning_model(parts))
     if mode == "mirror":
         a = config.align
         parts["aligner"] = Aligner(parts["understanding"].representation_dim, parts["execution"].representation_dim,
                                    a.dim, a.temperature, a.positives)
     return nn.ModuleDict(parts)
+
+
+def conditioning_model(models) -> UnderstandingModel:
+    """The understanding model whose joint space a policy told by video reads: the frozen copy of an execute run, or
+    the jointly trained one of a mirror run."""
+    return models[CONDITION_PART] if CONDITION_PART in models else models["understanding"]
 
 
 def make_optimizer(models: nn.ModuleDict, config: Config) -> torch.optim.AdamW:
@@ -113,6 +132,8 @@ def lr_factor(step: int, config: Config) -> float:
 def compute_loss(mode: str, models: nn.ModuleDict, batch: dict, config: Config) -> tuple[torch.Tensor, dict]:
     if mode == "understand":
         return models["understanding"](batch)
+    if "demo_video" in batch:  # told by video: the task in the joint space, from the clip or the instruction
+        batch = {**batch, "instruction_embedding": conditioning_model(models).task_embedding(batch)}
     if mode == "execute":
         return models["execution"](batch)
     l_au, info_au, rep_u = models["understanding"].forward_with_representation(batch)
@@ -173,7 +194,44 @@ def launch_record(config: Config, device: torch.device) -> dict:
 
 def prepare_run(run: Path, config: Config, mode: str, data: Path) -> dict:
     """RUN keeps its resolved config; an existing RUN must hold the same config, mode and data."""
-    return prepare_run_dir(run, {"mode": mode, "data": str(Path(data).resolve()), "config": asdict(config)})
+    return prepare_run_dir(run, {"mode": mode, "data": str(Path(data).resolve()), "config": config.to_dict()})
+
+
+def check_condition(config: Config, mode: str) -> None:
+    t = config.train
+    if t.condition != "text" and mode == "understand":
+        raise UsageError(f"train.condition={t.condition} tells a policy its task: it is for execute and mirror "
+                         f"modes (an understand run has no policy)")
+    if t.condition_run is not None and mode != "execute":
+        raise UsageError("train.condition_run is for execute mode: a mirror run's policy reads its own "
+                         "understanding model")
+    if t.condition != "text" and mode == "execute" and t.condition_run is None:
+        raise UsageError(f"train.condition={t.condition} in execute mode needs train.condition_run=PATH: a trained "
+                         f"understand run whose model embeds the clips")
+
+
+def condition_source(config: Config, store: EpisodeStore) -> LoadedRun | None:
+    """The understand run named by train.condition_run, checked against this run: the same variations and
+    instructions, image size and understanding model."""
+    if config.train.condition_run is None:
+        return None
+    name = config.train.condition_run
+    try:
+        source = load_run(name)
+    except UsageError as err:
+        raise UsageError(f"train.condition_run: {err}") from None
+    if source.mode != "understand":
+        raise UsageError(f"train.condition_run must be an understand run, got a {source.mode} run: {name}")
+    if [v.id for v in store.variations] != [v.id for v in source.store.variations] or \
+            store.texts != source.store.texts:
+        raise UsageError(f"train.condition_run {name} was trained on other variations or instructions than --data")
+    if source.store.manifest["image_size"] != store.manifest["image_size"]:
+        raise UsageError(f"train.condition_run {name} was trained on {source.store.manifest['image_size']}px images, "
+                         f"--data has {store.manifest['image_size']}px")
+    if source.config.model.understanding != config.model.understanding:
+        raise UsageError(f"train.condition_run {name} has another model.understanding than this run: give both the "
+                         f"same preset and model overrides")
+    return source
 
 
 def pick_device(config: Config) -> torch.device:
@@ -212,7 +270,11 @@ def _train(config: Config, mode: str, data: str | Path, out: str | Path, progres
         store = EpisodeStore(data)
     except DataError as err:
         raise UsageError(f"--data is not a verified dataset: {err}") from None
+    check_condition(config, mode)
     record = prepare_run(run, config, mode, data)
+    fresh = not (run / CHECKPOINTS / "latest.json").is_file()
+    # read only at the start: from the first checkpoint on, the run holds its own copy of the model
+    source = condition_source(config, store) if fresh and mode == "execute" else None
     try:
         dataset = make_dataset(store, config, mode, "train")
     except DataError as err:
@@ -231,6 +293,10 @@ def _train(config: Config, mode: str, data: str | Path, out: str | Path, progres
     except ValueError as err:
         raise UsageError(str(err)) from None
     optimizer = make_optimizer(models, config)
+    if source is not None:
+        models[CONDITION_PART].load_state_dict(source.models["understanding"].state_dict())
+        record["condition"] = {"run": str(source.path.resolve()), "step": source.step,
+                               "checkpoint_sha256": source.checkpoint_sha256}
 
     # validated: from here on the run directory is written, by rank 0 only, once every rank has validated it
     distributed.barrier()
@@ -238,7 +304,7 @@ def _train(config: Config, mode: str, data: str | Path, out: str | Path, progres
         start_run_dir(run, {**record, "parameters": {k: sum(p.numel() for p in m.parameters())
                                                      for k, m in models.items()}},
                       OmegaConf.to_yaml(OmegaConf.structured(config)).encode())
-    resumed = restore(run, models, optimizer) if (run / CHECKPOINTS / "latest.json").is_file() else {"step": 0}
+    resumed = {"step": 0} if fresh else restore(run, models, optimizer)
     start = resumed["step"]
     distributed.check_same_on_all_ranks(start, "checkpoint steps", "--out must be one directory that every rank "
                                         "sees (on several machines, a shared file system)", device)

@@ -46,12 +46,13 @@ WINDOWS_PER_EPISODE = 4  # the time-aligned probe's (step, clip window) pairs pe
 TIME_WINDOW = 16  # its window (steps) when the understanding model was trained on whole episodes
 
 
-def agent_steps(ep: dict, ts: np.ndarray, blind: bool = False) -> dict:
-    """A batch of episode `ep`'s agent steps `ts`; `blind`: the policy is fed the null instruction (zeros) instead."""
+def agent_steps(ep: dict, ts: np.ndarray, blind: bool = False, task_dim: int = TEXT_DIM) -> dict:
+    """A batch of episode `ep`'s agent steps `ts`; `blind`: the policy is fed the null instruction (zeros of its task
+    input's width) instead."""
     steps = {"images": torch.from_numpy(ep["agent"][ts]), "proprio": torch.from_numpy(ep["proprio"][ts]),
              "text_index": torch.full((len(ts),), ep["text_index"])}
     if blind:
-        steps["instruction_embedding"] = torch.zeros(len(ts), TEXT_DIM)
+        steps["instruction_embedding"] = torch.zeros(len(ts), task_dim)
     return steps
 
 
@@ -65,7 +66,7 @@ def episode_representations(u_model, e_model, episodes: list[dict], frames: int,
         clip = torch.from_numpy(ep["observer"][uniform_indices(0, ep["length"], frames)])[None]
         us.append(u_model.representation({"video": clip})[0])
         ts = uniform_indices(0, ep["length"] - 1, STEPS_PER_EPISODE)
-        es.append(e_model.representation(agent_steps(ep, ts, blind)).mean(0))
+        es.append(e_model.representation(agent_steps(ep, ts, blind, e_model.task_dim)).mean(0))
     return torch.stack(us), torch.stack(es)
 
 

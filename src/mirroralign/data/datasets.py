@@ -47,7 +47,8 @@ def empty_split_error(store: EpisodeStore, split: str, needed_for: str | None = 
 class _Episodes(Dataset):
     def __init__(self, store: EpisodeStore | str, split: str = "train", train: bool | None = None,
                  observer_camera: str | None = None, agent_cameras: list[str] | None = None,
-                 fraction: float = 1.0, keyframes: bool = False):
+                 fraction: float = 1.0, keyframes: bool = False, demo_frames: int | None = None,
+                 demo_p: float = 1.0):
         self.fraction = fraction  # whole-episode clips cover this leading fraction (early recognition)
         # keyframes (PerAct/RVT): steps are taken at the start and at each keyframe, and their action chunk is
         # the actions that arrive at the next keyframes; needs the `keyframes` array of an RLBench import
@@ -70,6 +71,11 @@ class _Episodes(Dataset):
         self.episodes = [self._load(eid) for eid in self.episode_ids]
         if keyframes and any(ep["keyframes"] is None for ep in self.episodes):
             raise UsageError(f"dataset {self.store.root} has no keyframes (RLBench imports carry them)")
+        # the policy told by video (train.condition): each sample also brings a demonstration, a `demo_frames` clip
+        # of another episode of its variation (another scene), used instead of the instruction with probability demo_p
+        self.demo_frames, self.demo_p = demo_frames, demo_p
+        self.demo_pool = [[d for d, other in enumerate(self.episodes) if other["variation"] == ep["variation"] and d != e]
+                          or [e] for e, ep in enumerate(self.episodes)]  # a variation's only episode: its own clip
 
     def _load(self, eid: str) -> dict:
         arrays = self.store.load(eid)
@@ -93,6 +99,15 @@ class _Episodes(Dataset):
         text = self.text_index(ep["variation"])
         return {"variation": ep["variation"], "task": ep["task"], "episode": e, "text_index": text,
                 "instruction": self.texts[text]}
+
+    def _demonstration(self, e: int) -> dict:
+        """Drawn after everything else a sample draws, so samples without demonstrations stay as they were."""
+        if self.demo_frames is None:
+            return {}
+        pool = self.demo_pool[e]
+        d = pool[int(torch.randint(len(pool), ()))]
+        return {"demo_video": self._clip(d, self.demo_frames, None, None), "demo_episode": d,
+                "demo_is_video": bool(torch.rand(()) < self.demo_p)}
 
     def _clip_indices(self, start: int, end: int, frames: int) -> np.ndarray:
         """`frames` indices spread over [start, end]: evenly, first and last included (eval), or a random one
@@ -162,7 +177,7 @@ class AgentSteps(_Episodes):
 
     def __getitem__(self, i: int) -> dict:
         e, t = self.index[i]
-        return {**self._step(e, t, self.horizon), **self._labels(e)}
+        return {**self._step(e, t, self.horizon), **self._labels(e), **self._demonstration(e)}
 
 
 class PairedSamples(_Episodes):
@@ -177,4 +192,4 @@ class PairedSamples(_Episodes):
     def __getitem__(self, i: int) -> dict:
         e, t = self.index[i]
         return {"video": self._clip(e, self.frames, self.window, t), **self._step(e, t, self.horizon),
-                **self._labels(e)}
+                **self._labels(e), **self._demonstration(e)}

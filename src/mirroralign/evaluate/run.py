@@ -11,15 +11,19 @@ import numpy as np
 
 from mirroralign.stats import proportion_ci
 from mirroralign.data.datasets import empty_split_error
+from mirroralign.data.generate import scene_seed
 from mirroralign.data.store import EpisodeStore, read_json, require_writable, write_episode, write_json_atomic
 from mirroralign.envs import check_simulator
 from mirroralign.errors import DataError, UsageError
+from mirroralign.evaluate.conditioning import Conditioning
 from mirroralign.evaluate.recognition import known_views, recognition_scores, test_clips
 from mirroralign.evaluate.rollouts import run_rollouts
-from mirroralign.train import CHECKPOINTS, load_run, read_checkpoint_record
+from mirroralign.train import CHECKPOINTS, conditioning_model, load_run, read_checkpoint_record
 
 METRICS = "metrics.json"
 OUTPUTS = (METRICS, "rollouts", "videos")  # what an evaluation directory holds; a rerun replaces them
+EPISODE_KEYS = ("variation_id", "k", "scene_seed", "success", "steps")
+CONDITION_KEYS = ("demo", "shown_success")  # a rollout told by a clip: which one, and (sibling) what it did
 
 
 def write_mp4(path: Path, frames: np.ndarray, fps: int = 20) -> None:
@@ -44,7 +48,11 @@ def rollout_metrics(records: list[dict], store: EpisodeStore) -> dict:
     ci = proportion_ci(success)
     return {"success_rate": ci["mean"], "ci95": [ci["low"], ci["high"]], "n": len(records),
             "per_variation": rates(by_variation), "per_task": rates(by_task),
-            "episodes": [{k: r[k] for k in ("variation_id", "k", "scene_seed", "success", "steps")} for r in records]}
+            "episodes": [rollout_meta(r) for r in records]}
+
+
+def rollout_meta(record: dict) -> dict:
+    return {k: record[k] for k in (*EPISODE_KEYS, *CONDITION_KEYS) if k in record}
 
 
 def is_evaluation_of(out: Path, run: Path) -> bool:
@@ -58,7 +66,8 @@ def is_evaluation_of(out: Path, run: Path) -> bool:
 
 def evaluate(run: str | Path, data: str | Path, out: str | Path, view: str | None = None,
              episodes: int | None = None, workers: int | None = None, progress: bool = True,
-             rollouts: bool = True) -> Path:
+             rollouts: bool = True, condition: str = "text", demo_split: str | None = None,
+             demo_view: str | None = None) -> Path:
     loaded = load_run(run)
     try:
         store = EpisodeStore(data)
@@ -97,8 +106,19 @@ def evaluate(run: str | Path, data: str | Path, out: str | Path, view: str | Non
             check_simulator(store.manifest["simulator"])
         except UsageError as err:
             raise UsageError(f"{err} (--no-rollouts evaluates recognition alone)") from None
+    # the test scenes of --data (imports have no generator seed: then the run's)
+    seed = store.config.get("data", {}).get("seed", config.data.seed)
+    if condition != "text" and not (rollouts and "execution" in loaded.models):
+        raise UsageError(f"--condition {condition} tells a policy its task in rollouts: this evaluation has none")
+    told_by_video = config.train.condition != "text"
+    plan = [(i, k, scene_seed(seed, "test", k)) for i in range(len(store.variations))
+            for k in range(episodes or config.eval.episodes)]
+    conditioning = Conditioning(store, condition, loaded.models["execution"] if "execution" in loaded.models else None,
+                                conditioning_model(loaded.models) if told_by_video else None, plan, seed,
+                                config.model.understanding.frames, demo_split, demo_view)
     metrics = {"run": str(loaded.path.resolve()), "mode": loaded.mode, "step": loaded.step,
-               "checkpoint_sha256": loaded.checkpoint_sha256, "data": str(store.root)}
+               "checkpoint_sha256": loaded.checkpoint_sha256, "data": str(store.root),
+               "condition": {**conditioning.record(), "trained": config.train.condition}}
     ids, tasks = [v.id for v in store.variations], [v.task for v in store.variations]
 
     if "understanding" in loaded.models:
@@ -113,15 +133,20 @@ def evaluate(run: str | Path, data: str | Path, out: str | Path, view: str | Non
     for name in OUTPUTS[1:]:
         shutil.rmtree(out / name, ignore_errors=True)
     if rollouts and "execution" in loaded.models:
-        # the test scenes of --data (imports have no generator seed: then the run's)
-        seed = store.config.get("data", {}).get("seed", config.data.seed)
+        told = {} if condition == "text" else {"plan": conditioning.plan, "act": conditioning.act_hook()}
         records, stats = run_rollouts(loaded.models["execution"], store, config, seed=seed, episodes=episodes,
-                                      progress=progress)
+                                      progress=progress, **told)
+        conditioning.annotate(records)
         metrics["rollouts"] = {**rollout_metrics(records, store), **stats}
+        if condition == "sibling":  # how often the rollout did what it was shown instead
+            scored = [r["shown_success"] for r in records if r["shown_success"] is not None]
+            ci = proportion_ci(scored) if scored else {"mean": None, "low": None, "high": None}
+            metrics["rollouts"]["shown_variation"] = {"success_rate": ci["mean"], "ci95": [ci["low"], ci["high"]],
+                                                      "n_scored": len(scored), "n": len(records)}
         (out / "videos").mkdir(exist_ok=True)
         for r in records:
             eid = f"{r['variation_id']}/rollout-{r['k']:04d}"
-            meta = {k: r[k] for k in ("variation_id", "k", "scene_seed", "success", "steps")}
+            meta = rollout_meta(r)
             write_episode(out / "rollouts", eid, r["arrays"], meta)
         for r in records[:: max(1, len(records) // max(1, config.eval.videos))][: config.eval.videos]:
             name = f"{r['variation_id']}-{r['k']:04d}-{'success' if r['success'] else 'failure'}"

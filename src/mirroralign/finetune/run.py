@@ -157,6 +157,9 @@ def finetune(run: str | Path, data: str | Path, out: str | Path, reward: str = "
     if parent.mode not in ("execute", "mirror"):
         raise UsageError(f"--run must be an execute or mirror run (a policy to fine-tune), got a {parent.mode} "
                          f"run: {run}")
+    if parent.config.train.condition != "text":  # its checkpoints hold the understanding model it reads too
+        raise UsageError(f"--run's policy is told its task by video (train.condition={parent.config.train.condition}):"
+                         f" finetune takes policies told by text only")
     try:
         store = EpisodeStore(data)
     except DataError as err:
@@ -183,7 +186,7 @@ def finetune(run: str | Path, data: str | Path, out: str | Path, reward: str = "
     out = Path(out)
     run_of = lambda r: {"run": str(r.path.resolve()), "mode": r.mode, "step": r.step,  # noqa: E731
                         "checkpoint_sha256": r.checkpoint_sha256}
-    identity = {"mode": "execute", "data": str(store.root.resolve()), "config": asdict(config),
+    identity = {"mode": "execute", "data": str(store.root.resolve()), "config": config.to_dict(),
                 "finetune": {**asdict(ft), "parent": run_of(parent), "scorer": run_of(judge) if judge else None}}
     record = prepare_run_dir(out, identity)
     device = pick_device(config)

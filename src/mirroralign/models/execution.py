@@ -27,7 +27,7 @@ class ConvEncoder(nn.Module):
 
 class ExecutionPolicy(nn.Module):
     def __init__(self, c: ExecutionConfig, n_cameras: int, proprio_dim: int, action_dim: int,
-                 text_embeddings: torch.Tensor):
+                 text_embeddings: torch.Tensor, task_dim: int = TEXT_DIM):
         super().__init__()
         self.config = c
         self.action_dim = action_dim
@@ -35,7 +35,9 @@ class ExecutionPolicy(nn.Module):
         self.camera_embed = nn.Parameter(torch.randn(n_cameras, 1, c.dim) * 0.02)
         self.pos = nn.Parameter(torch.randn(1, c.tokens_per_camera ** 2, c.dim) * 0.02)
         self.proprio = nn.Linear(proprio_dim, c.dim)
-        self.instruction = nn.Linear(TEXT_DIM, c.dim)
+        self.task_dim = task_dim  # TEXT_DIM (told by sentence embeddings), or the understanding model's joint space
+        self.instruction = nn.Linear(task_dim, c.dim)
+        self.joint_text = None  # see read_text_through
         self.readout = nn.Parameter(torch.zeros(1, 1, c.dim))
         self.blocks = nn.ModuleList(transformer_block(c.dim, c.heads) for _ in range(c.layers))
         self.norm = nn.LayerNorm(c.dim)
@@ -54,10 +56,15 @@ class ExecutionPolicy(nn.Module):
             x = random_shift(x, seeds=None if seeds is None else seeds.tolist())
         cams = (self.encoder(x).view(b, n_cam, -1, self.config.dim) + self.pos.unsqueeze(1)
                 + self.camera_embed.unsqueeze(0)).flatten(1, 2)
-        # the task as a sentence embedding: the instruction's, looked up by row, unless the batch brings its own
-        # (e.g. the probes' null instruction)
-        text = batch["instruction_embedding"] if "instruction_embedding" in batch else \
-            self.text_embeddings[batch["text_index"]]
+        # the task as an embedding: the batch's own (a demonstration clip's, or the probes' null instruction), else
+        # the instruction's, looked up by row (in the joint video-text space when the policy is told by video)
+        if "instruction_embedding" in batch:
+            text = batch["instruction_embedding"]
+        elif self.joint_text is not None:
+            with torch.no_grad():
+                text = self.joint_text(batch["text_index"])
+        else:
+            text = self.text_embeddings[batch["text_index"]]
         instruction = self.instruction(text).unsqueeze(1)
         proprio = self.proprio(batch["proprio"]).unsqueeze(1)
         tokens = torch.cat([self.readout.expand(b, -1, -1), instruction, proprio, cams], 1)
@@ -67,6 +74,11 @@ class ExecutionPolicy(nn.Module):
             taps[f"blocks.{i}"] = tokens.mean(1)
         chunk = self.head(self.norm(tokens[:, 0])).view(b, self.config.horizon, self.action_dim)
         return chunk, taps
+
+    def read_text_through(self, understanding) -> None:
+        """A policy told its task in the understanding model's joint space (train.condition video or mixed) reads an
+        instruction as that model embeds it. Held as a bound method, not a submodule: the weights are that part's."""
+        self.joint_text = understanding.embed_text
 
     def representation(self, batch: dict) -> torch.Tensor:
         return self.features(batch)[1][self.tap]

@@ -84,6 +84,24 @@ class UnderstandingModel(nn.Module):
         pooled, taps = self.video(batch["video"], seeds)
         return F.normalize(self.video_proj(pooled), dim=-1), taps
 
+    def embed_text(self, text_index: torch.Tensor) -> torch.Tensor:
+        """[B, E] the instructions (rows of the text embeddings) in the joint video-text space, normalised."""
+        return F.normalize(self.text_proj(self.text_embeddings[text_index]), dim=-1)
+
+    @torch.no_grad()
+    def task_embedding(self, batch: dict) -> torch.Tensor:
+        """[B, E] the task as a policy conditioned on this model is told it (train.condition): the demonstration
+        clip's embedding where `demo_is_video`, else the instruction's; the instruction is not read where the clip
+        is. Without gradient, so the policy's loss never shapes this model's space (in a mirror run only L_AU and
+        L_align do), and without the clip shifts, so training sees the embedding that evaluation computes."""
+        shown = batch["demo_is_video"]
+        told = torch.empty(len(shown), self.config.embed_dim, device=shown.device)
+        if shown.any():
+            told[shown] = F.normalize(self.video_proj(self.video(batch["demo_video"][shown])[0]), dim=-1)
+        if not shown.all():
+            told[~shown] = self.embed_text(batch["text_index"][~shown])
+        return told
+
     def class_embeddings(self) -> torch.Tensor:
         """[V, E]: per variation, the mean of its instructions' projected embeddings."""
         t = F.normalize(self.text_proj(self.text_embeddings), dim=-1)
@@ -99,7 +117,7 @@ class UnderstandingModel(nn.Module):
 
     def forward_with_representation(self, batch: dict) -> tuple[torch.Tensor, dict, torch.Tensor]:
         video, taps = self.encode_video(batch)
-        text = F.normalize(self.text_proj(self.text_embeddings[batch["text_index"]]), dim=-1)
+        text = self.embed_text(batch["text_index"])
         scale = self.logit_scale.clamp(max=math.log(self.config.max_logit_scale)).exp()
         # clips of the same variation are positives of each other's text, not negatives
         loss = info_nce(video, text, groups=batch["variation"], temperature=1 / scale)

@@ -1,0 +1,158 @@
+"""Observe, then do: does a policy shown a demonstration clip do the task as well as one told the instruction, and
+does alignment make it do so better? Two arms per seed, each policy trained told by text and video (train.condition,
+default mixed), each evaluated under four conditions on the same test scenes:
+
+    arms        independent: an understand run, and an execute run told through that frozen understand run
+                mirror:      a mirror run, its policy told through its own (jointly trained) understanding model
+    conditions  text (the instruction), video (a clip of the variation from another scene), sibling (a clip of
+                another variation of the same task: success should drop, and the rate at which the shown variation
+                is done instead is scored by replay), null (nothing)
+
+    python benchmarks/observe_then_do.py [--preset fine] [--seeds 0 1 2] [--root runs/benchmarks] [--data DIR]
+                                         [--train-condition mixed]
+
+Resumable and cached as mirror_effect.py (`_mirror.py`): every run under ROOT/runs named by a hash of its config
+(train resumes from its last checkpoint), every evaluation under ROOT/eval by run and condition, kept while it is of
+the run's latest checkpoint. Results are rewritten after every seed: benchmarks/results/observe_then_do.{json,md}
+(another preset than `fine` writes observe_then_do_<preset>.*, so a smoke check never replaces the benchmark), and
+the report of the first seed beside them.
+
+Budget (an estimate, not yet measured): on `fine` (mirror-fine, 63 variations x 3 test scenes) per seed three runs of
+3000 steps (~1 h on 2 cores) and 8 evaluations of 189 rollouts (~12 min each at DESIGN.md s7's ~15 episodes per
+minute), about 2.5 h per seed, 7-8 h for 3 seeds; `--preset tiny` is a smoke check of a few minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from _common import RESULTS, write_results
+from _mirror import config_for, pct, seed_ci, signed_pct, trained
+
+from mirroralign.data.generate import generate
+from mirroralign.data.store import EpisodeStore
+from mirroralign.evaluate.run import evaluate, is_evaluation_of
+from mirroralign.report import report
+
+ARMS = ("independent", "mirror")
+CONDITIONS = ("text", "video", "sibling", "null")
+# (condition, against): the contrasts within an arm, per seed
+CONTRASTS = [("video", "text", "does a shown clip work as well as the instruction?"),
+             ("sibling", "video", "does the clip's content matter (another goal of the same task)?"),
+             ("null", "video", "does the clip matter at all?")]
+
+
+def eval_dir(run: Path, root: Path, condition: str) -> Path:
+    return root / "eval" / f"{run.name}-condition-{condition}"
+
+
+def conditioned(run: Path, data: Path, root: Path, condition: str) -> dict:
+    out = eval_dir(run, root, condition)
+    if not is_evaluation_of(out, run):
+        evaluate(run, data, out, condition=condition)
+    return json.loads((out / "metrics.json").read_text())
+
+
+def arm_runs(arm: str, preset: str, seed: int, train_condition: str, data: Path, root: Path) -> Path:
+    """The run whose policy the arm evaluates (trained or resumed)."""
+    told = [f"train.condition={train_condition}"]
+    if arm == "mirror":
+        return trained(config_for(preset, seed, told), "mirror", data, root)
+    understand = trained(config_for(preset, seed, []), "understand", data, root)
+    return trained(config_for(preset, seed, [*told, f"train.condition_run={understand.resolve()}"]), "execute",
+                   data, root)
+
+
+def condition_values(metrics: dict) -> dict:
+    ro = metrics["rollouts"]
+    shown = ro.get("shown_variation")
+    return {"success": ro["success_rate"], "ci95": ro["ci95"], "n": ro["n"],
+            "shown_variation_success": shown["success_rate"] if shown else None,
+            "shown_variation_scored": shown["n_scored"] if shown else None,
+            "variations": metrics["condition"].get("variations"),
+            "_outcomes": {f"{e['variation_id']}/{e['k']}": bool(e["success"]) for e in ro["episodes"]}}
+
+
+def on_common_rollouts(a: dict, b: dict) -> tuple[float, float]:
+    """Success of two conditions on the rollouts both ran (sibling runs only the variations that have siblings)."""
+    keys = sorted(set(a["_outcomes"]) & set(b["_outcomes"]))
+    return float(np.mean([a["_outcomes"][k] for k in keys])), float(np.mean([b["_outcomes"][k] for k in keys]))
+
+
+def summarise(per_seed: dict) -> dict:
+    """Per arm and condition: per-seed success and its t-CI over seeds; per arm the contrasts, per condition the
+    mirror - independent difference, each paired by seed (and by rollout, on the rollouts both conditions ran)."""
+    out = {"conditions": {}, "contrasts": {}, "alignment": {}}
+    for arm in ARMS:
+        seeds = per_seed[arm]
+        for c in CONDITIONS:
+            values = [s[c]["success"] for s in seeds]
+            out["conditions"][f"{arm}/{c}"] = {"per_seed": values, **seed_ci(values)}
+        shown = [s["sibling"]["shown_variation_success"] for s in seeds]
+        out["conditions"][f"{arm}/sibling_shown_variation"] = {"per_seed": shown, **seed_ci(shown)}
+        for c, against, _ in CONTRASTS:
+            diff = [x - y for x, y in (on_common_rollouts(s[c], s[against]) for s in seeds)]
+            out["contrasts"][f"{arm}/{c}-{against}"] = {"per_seed": diff, **seed_ci(diff)}
+    for c in CONDITIONS:
+        diff = [x - y for x, y in (on_common_rollouts(m[c], i[c])
+                                   for m, i in zip(per_seed["mirror"], per_seed["independent"]))]
+        out["alignment"][c] = {"per_seed": diff, **seed_ci(diff)}
+    return out
+
+
+def table(summary: dict) -> list[tuple[str, str, str]]:
+    rows = []
+    for arm in ARMS:
+        for c in CONDITIONS:
+            rows.append((f"{arm}: success told by {c}", pct(summary["conditions"][f"{arm}/{c}"]),
+                         "mean over seeds, t 95 % CI"))
+        rows.append((f"{arm}: shown sibling variation done instead",
+                     pct(summary["conditions"][f"{arm}/sibling_shown_variation"]), "rollouts the replay can score"))
+        for c, against, question in CONTRASTS:
+            rows.append((f"{arm}: {c} - {against}", signed_pct(summary["contrasts"][f"{arm}/{c}-{against}"]), question))
+    for c in CONDITIONS:
+        rows.append((f"mirror - independent, told by {c}", signed_pct(summary["alignment"][c]),
+                     "does alignment help?" if c == "video" else "paired by seed"))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="fine")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--root", type=Path, default=Path("runs/benchmarks"))
+    parser.add_argument("--data", type=Path, help="dataset (default: ROOT/data-PRESET, generated if missing)")
+    parser.add_argument("--train-condition", default="mixed", choices=["video", "mixed"],
+                        help="how the policies are trained to be told (mixed: text or video, half and half)")
+    args = parser.parse_args()
+    name = "observe_then_do" if args.preset == "fine" else f"observe_then_do_{args.preset}"
+    data = args.data or args.root / f"data-{args.preset}"
+    generate(config_for(args.preset, 0, []), data)  # resumes; returns at once when the dataset is complete
+    if EpisodeStore(data).verify():
+        raise SystemExit(f"dataset {data} failed verification")
+
+    per_seed = {arm: [] for arm in ARMS}
+    for i, seed in enumerate(args.seeds):
+        for arm in ARMS:
+            run = arm_runs(arm, args.preset, seed, args.train_condition, data, args.root)
+            per_seed[arm].append({c: condition_values(conditioned(run, data, args.root, c)) for c in CONDITIONS})
+            per_seed[arm][-1]["run"] = str(run)
+            if i == 0 and arm == ARMS[-1] and not (RESULTS / f"{name}_report.html").is_file():
+                report([eval_dir(Path(s["run"]), args.root, c) for s in (per_seed["independent"][0], per_seed[arm][0])
+                        for c in CONDITIONS], RESULTS / f"{name}_report.html")
+        summary = summarise(per_seed)
+        write_results(name, {
+            "question": "does a shown demonstration clip work as well as the instruction, and does alignment make it "
+                        "work better? (independent understand + execute pair vs mirror run, both policies trained "
+                        f"with train.condition={args.train_condition})", "preset": args.preset,
+            "seeds": args.seeds[: i + 1], "seeds_planned": args.seeds, "complete": i + 1 == len(args.seeds),
+            "train_condition": args.train_condition, "data": str(data), "summary": summary,
+            "per_seed": {arm: [{c: {k: v for k, v in s[c].items() if not k.startswith("_")} for c in CONDITIONS}
+                               | {"run": s["run"]} for s in per_seed[arm]] for arm in ARMS}}, table(summary))
+
+
+if __name__ == "__main__":
+    main()
