@@ -95,6 +95,7 @@ def run_units(tree: Path, work: Path, jobs: int, threads: int | None) -> list[di
     if threads is not None:
         env |= {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     procs = []
+    work.mkdir(parents=True, exist_ok=True)
     for j in range(jobs):
         result = work / f"units-{j}.json"
         result.unlink(missing_ok=True)
