@@ -7,7 +7,8 @@ views, full and early clips; rollouts; both pairs analysed.
 
 Resumable: every run, evaluation and analysis is cached under ROOT by its config (benchmarks/_mirror.py), and a
 finished seed leaves ROOT/seeds/seed-N.json. Seeds run as separate processes, `--jobs` at a time, each with one
-torch thread (on 2 cores two one-thread jobs do twice the work of one two-thread job: benchmarks/seed_cost.py).
+torch thread (on 2 cores two one-thread jobs do ~1.15x the training work of one two-thread job and keep four
+simulator workers busy during rollouts: benchmarks/seed_cost.py).
 Results are rewritten after every seed: benchmarks/results/mirror_fine.{json,md}.
 """
 
