@@ -252,7 +252,9 @@ def calibration_section(result: dict | None) -> list[str]:
              "Command: `python benchmarks/calibrate_fine.py --data DIR --attempt NAME[:key=value,...]` (DIR: "
              "`mirroralign generate --preset fine`; seed 0; the independent baselines only). Targets: per-task "
              "recognition from `train` views 40-85 %, from `held-out` views at least 3x chance and below the "
-             "`train`-view figure, execution success 25-75 %.", "",
+             "`train`-view figure, execution success 25-75 %. The attempts ran on a dataset of 20 episodes per "
+             "variation rendered at fidelity `fast`; the preset has since moved to 30 episodes at `draft` (cost and "
+             "power of the pre-registered benchmark, which measures the gates again on every seed).", "",
              "| attempt | overrides | per-task recognition, train views | held-out views | chance per task | "
              "all variations, train / held-out | early clips (per task) | success [95 % CI] | targets met | "
              "code |", "|---|---|---|---|---|---|---|---|---|---|"]

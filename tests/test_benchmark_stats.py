@@ -71,3 +71,45 @@ def test_verdict_follows_the_interval(diff, expected):
 
 def test_bound_flags_ceiling_and_floor():
     assert "ceiling" in bound({"mean": 0.97}) and "floor" in bound({"mean": 0.02}) and bound({"mean": 0.5}) == ""
+
+
+def _seed(seed, baseline: dict, mirror: dict) -> dict:
+    keys = {"recognition_all_train", "recognition_all_heldout", "recognition_early_train", "recognition_early_all_train",
+            "chance_all", "mutual_knn", "cka", "cknna",
+            *[f"{p}{s}_r1_{w}" for p in ("probe", "probe_blind", "probe_time") for s in ("", "_step0")
+              for w in ("u2e", "e2u")]}
+    fill = {k: 10.0 for k in keys} | {"chance_per_task": 22.0}
+    return {"seed": seed, "seconds": 1800.0, "machine": {"cpus": 2, "platform": "test"},
+            "baseline": fill | baseline, "mirror": fill | mirror}
+
+
+def test_mirror_fine_pairs_by_seed_corrects_with_holm_and_checks_the_gates():
+    from mirror_fine import PRIMARY, summarise
+
+    # success: mirror 3 points better on every seed but one (a clear effect); train-view recognition: noise around 0;
+    # held-out: a small positive effect whose raw p is below 0.05 and Holm-adjusted p is not
+    success = [(40, 43.0), (50, 53.5), (45, 47.5), (42, 45.0)]
+    train = [(50, 51.0), (48, 47.0), (52, 52.5), (47, 46.0)]
+    held = [(30, 31.0), (31, 31.5), (29, 30.6), (30, 30.7)]
+    done = [_seed(i, {"success": s[0], "recognition_per_task_train": t[0], "recognition_per_task_heldout": h[0]},
+                  {"success": s[1], "recognition_per_task_train": t[1], "recognition_per_task_heldout": h[1]})
+            for i, (s, t, h) in enumerate(zip(success, train, held))]
+    results, table = summarise(done, list(range(10)))
+    assert results["seeds"] == [0, 1, 2, 3] and not results["complete"]
+    assert results["metrics"]["success"] == {"baseline": [40, 50, 45, 42], "mirror": [43.0, 53.5, 47.5, 45.0]}
+    c = results["comparison"]
+    diffs = {k: [m - b for b, m in pairs] for k, pairs in zip(PRIMARY, (success, train, held))}
+    raw = {k: sps.ttest_1samp(d, 0).pvalue for k, d in diffs.items()}
+    order = sorted(raw, key=raw.get)  # Holm by hand: x3, x2, x1, kept monotone
+    holm = dict(zip(order, np.maximum.accumulate([min(1, (3 - i) * raw[k]) for i, k in enumerate(order)])))
+    for k in PRIMARY:
+        assert c[k]["mean"] == pytest.approx(np.mean(diffs[k])) and c[k]["p_holm"] == pytest.approx(holm[k])
+    assert raw["recognition_per_task_heldout"] < 0.05  # significant alone ...
+    assert c["recognition_per_task_heldout"]["p_holm"] > 0.05  # ... not after the correction
+    assert c["success"]["verdict"].startswith("mirror better")
+    assert c["recognition_per_task_train"]["verdict"].startswith("no difference detected")
+    assert c["recognition_per_task_heldout"]["verdict"].startswith("no difference detected")
+    gates = results["calibration_gates"]  # means 44.25 % success, 49.25 % train views, 30 % held-out vs 3 x 22 %
+    assert gates == {"baseline_success_25_75": True, "baseline_recognition_train_40_85": True,
+                     "baseline_recognition_heldout_3x_chance": False}
+    assert table[0][0] == "success (primary)"
