@@ -29,6 +29,8 @@ def test_replaying_stored_actions_reproduces_the_stored_frames(tiny_dataset):
     assert np.array_equal(replay_frames(store, eid, "corner"), stored)
     # only some frames rendered (the rest stepped without rendering): the same pixels, in the order asked
     assert np.array_equal(replay_frames(store, eid, "corner", indices=[5, 0, 3, 3]), stored[[5, 0, 3, 3]])
+    with pytest.raises(ValueError, match="frame indices"):
+        replay_frames(store, eid, "corner", indices=[len(stored)])  # past the last frame
 
 
 def test_clips_from_another_camera_render_only_their_frames_and_match_a_full_replay(tiny_dataset):

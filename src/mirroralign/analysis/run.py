@@ -268,7 +268,8 @@ def initialized(run: LoadedRun) -> LoadedRun:
     return replace(run, models=models.eval(), step=0, checkpoint_sha256=None)
 
 
-def over_training(runs, frames, train_eps, train_groups, test_eps, test_labels, k, known: dict | None = None) -> list[dict]:
+def over_training(runs, frames, train_eps, train_groups, test_eps, test_labels, k,
+                  known: dict | None = None) -> list[dict]:
     """The probe's Recall@1 and mutual k-NN at initialization (step 0: what the probe finds in untrained
     models, the baseline for "alignment emerges") and at every checkpoint step the run(s) share; `known`: rows
     already computed, by step (the same seeds give the same numbers)."""

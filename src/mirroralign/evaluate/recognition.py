@@ -32,9 +32,9 @@ def known_views(simulator: str) -> tuple[str, ...]:
 def replay_frames(store: EpisodeStore, episode_id: str, camera: str, pose: ObserverPose | None = None,
                   indices=None) -> np.ndarray:
     """[T+1, H, W, 3] frames of a stored episode re-rendered from `camera` by replaying its actions, at the
-    fidelity the dataset was rendered with; `indices`: only those frames (steps not rendered cost ~1/30 of one
-    that is). A view camera is posed from the episode's scene seed, or at `pose` (e.g. the one recorded in its
-    meta.json)."""
+    fidelity the dataset was rendered with; with `indices`, [len(indices), H, W, 3]: only those frames are rendered
+    (the other steps are simulated alone, a small fraction of a render). A view camera is posed from the episode's
+    scene seed, or at `pose` (e.g. the one recorded in its meta.json)."""
     meta = store.episodes[episode_id]
     variation = store.variations[store.variation_index[meta["variation"]]]
     key = (store.manifest["simulator"], variation.task, store.manifest["image_size"], camera, store.fidelity)
@@ -42,13 +42,17 @@ def replay_frames(store: EpisodeStore, episode_id: str, camera: str, pose: Obser
         _ENVS[key] = make_env(*key[:3], [camera], store.fidelity)
     env = _ENVS[key]
     actions = store.load(episode_id)["actions"]
-    wanted = set(range(len(actions) + 1) if indices is None else np.asarray(indices).tolist())
-    frames = {0: env.reset(variation, meta["scene_seed"], poses=None if pose is None else {camera: pose}).images[camera]}
+    order = list(range(len(actions) + 1)) if indices is None else [int(t) for t in indices]
+    if not order or min(order) < 0 or max(order) > len(actions):
+        raise ValueError(f"frame indices must be in 0..{len(actions)} for episode {episode_id}")
+    wanted = set(order)
+    first = env.reset(variation, meta["scene_seed"], poses=None if pose is None else {camera: pose})
+    frames = {0: first.images[camera]}
     for t, action in enumerate(actions[: max(wanted)], start=1):
         obs = env.step(action, render=t in wanted)[0]
         if t in wanted:
             frames[t] = obs.images[camera]
-    return np.stack([frames[t] for t in (sorted(wanted) if indices is None else np.asarray(indices).tolist())])
+    return np.stack([frames[t] for t in order])
 
 
 def test_clips(store: EpisodeStore, view: str, frames: int, fractions=(1.0,),
