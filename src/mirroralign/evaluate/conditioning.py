@@ -94,9 +94,10 @@ def pair_demonstrations(store: EpisodeStore, plan: list[tuple[int, int, int]], c
 def demo_clip(store: EpisodeStore, episode: str, view: str, frames: int) -> np.ndarray:
     """[F, H, W, 3] uint8: the episode's whole observer clip, evenly sampled as recognition samples it, from a
     recorded observer camera or re-rendered from `view` by replaying the episode."""
-    stored = store.manifest["cameras"]["observer"]
-    video = store.load(episode)[f"observer.{view}"] if view in stored else replay_frames(store, episode, view)
-    return video[uniform_indices(0, len(video) - 1, frames)]
+    idx = uniform_indices(0, int(store.episodes[episode]["length"]), frames)
+    if view in store.manifest["cameras"]["observer"]:
+        return store.load(episode)[f"observer.{view}"][idx]
+    return replay_frames(store, episode, view, indices=idx)  # renders only the clip's frames
 
 
 class _Told:
