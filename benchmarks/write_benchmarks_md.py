@@ -283,6 +283,10 @@ def calibration_section(result: dict | None) -> list[str]:
                         f"each attempt ran the mirroralign commit named in its row; {result['date']}", ""]
 
 
+GATE_OF = {"success": "baseline_success_25_75", "recognition_per_task_train": "baseline_recognition_train_40_85",
+           "recognition_per_task_heldout": "baseline_recognition_heldout_3x_chance"}  # the gate beside each primary
+
+
 def fine_section(result: dict | None) -> list[str]:
     """The pre-registered benchmark's results: every primary with its verdict, then the secondaries."""
     if result is None:
@@ -298,8 +302,10 @@ def fine_section(result: dict | None) -> list[str]:
         d, f = c[k], ".3f" if k in ("mutual_knn", "cka", "cknna") else ".1f"  # indices in [0, 1]; the rest in %
         diff = "n/a" if d["low"] is None else f"{d['mean']:+{f}} [{d['low']:+{f}}, {d['high']:+{f}}]"
         p_holm = "" if d.get("p_holm") is None else f"{d['p_holm']:.3f}"
+        gate = GATE_OF.get(k)
+        failed = f" (validity gate {gate} NOT met)" if gate and not result["calibration_gates"][gate] else ""
         lines.append(f"| {k}{' (primary)' if k in PRIMARY else ''} | {mean(k, 'baseline'):{f}} | "
-                     f"{mean(k, 'mirror'):{f}} | {diff} | {p_holm} | {d.get('verdict', 'secondary')} |")
+                     f"{mean(k, 'mirror'):{f}} | {diff} | {p_holm} | {d.get('verdict', 'secondary')}{failed} |")
     gates = ", ".join(f"{k}: {'met' if ok else 'NOT met'}" for k, ok in result["calibration_gates"].items())
     secs = [s["seconds"] for s in result["seconds_per_seed"]]
     return [*lines, "", f"Validity gates: {gates}. Chance per task {mean('chance_per_task', 'baseline'):.1f} %. "
