@@ -87,6 +87,11 @@ git history; changing anything below after a run has started would be reported h
 """
 
 
+def difference(d: dict, f: str = ".1f") -> str:
+    """A paired difference with its CI, e.g. `+1.2 [-0.4, +2.8]`, or n/a without an interval."""
+    return "n/a" if d["low"] is None else f"{d['mean']:+{f}} [{d['low']:+{f}}, {d['high']:+{f}}]"
+
+
 def percent(x):
     return None if x is None else 100 * x
 
@@ -164,10 +169,9 @@ def summarise(done: list[dict], seeds_planned: list[int]) -> tuple[dict, list]:
     for k in (*PRIMARY, "recognition_all_train", "recognition_early_train", "probe_r1_u2e", "probe_blind_r1_u2e",
               "probe_time_r1_u2e"):
         c = comparison[k]
-        ci = "n/a" if c["low"] is None else f"{c['mean']:+.1f} [{c['low']:+.1f}, {c['high']:+.1f}]"
         table.append((k + (" (primary)" if k in PRIMARY else ""),
                       f"{mean(k):.1f} -> {mean(k, 'mirror'):.1f}",
-                      f"difference {ci} over {c['n']} seeds" + (f"; {c['verdict']}" if k in PRIMARY else "")))
+                      f"difference {difference(c)} over {c['n']} seeds" + (f"; {c['verdict']}" if k in PRIMARY else "")))
     return results, table
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -118,7 +119,7 @@ def main() -> None:
         return
     from _common import write_results
 
-    subprocess.run(["rm", "-rf", str(args.work)], check=True)
+    shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
     before_tree = args.work / "before-tree"
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(before_tree), args.before],

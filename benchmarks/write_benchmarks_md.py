@@ -12,7 +12,7 @@ from pathlib import Path
 
 from _common import RESULTS
 from _mirror import pct, seed_ci, signed_pct
-from mirror_fine import PREREGISTERED_MD, PRIMARY
+from mirror_fine import PREREGISTERED_MD, PRIMARY, difference
 
 ROOT = Path(__file__).resolve().parent.parent
 # What the paper reports (18 RLBench tasks, ViCLIP + ARP; see DESIGN.md s1: from a secondary summary).
@@ -300,12 +300,11 @@ def fine_section(result: dict | None) -> list[str]:
              "| endpoint | baseline | mirror | difference [95 % CI] | Holm p | verdict |", "|---|---|---|---|---|---|"]
     for k in [*PRIMARY, *[k for k in c if k not in PRIMARY and not k.startswith("chance")]]:
         d, f = c[k], ".3f" if k in ("mutual_knn", "cka", "cknna") else ".1f"  # indices in [0, 1]; the rest in %
-        diff = "n/a" if d["low"] is None else f"{d['mean']:+{f}} [{d['low']:+{f}}, {d['high']:+{f}}]"
         p_holm = "" if d.get("p_holm") is None else f"{d['p_holm']:.3f}"
         gate = GATE_OF.get(k)
         failed = f" (validity gate {gate} NOT met)" if gate and not result["calibration_gates"][gate] else ""
         lines.append(f"| {k}{' (primary)' if k in PRIMARY else ''} | {mean(k, 'baseline'):{f}} | "
-                     f"{mean(k, 'mirror'):{f}} | {diff} | {p_holm} | {d.get('verdict', 'secondary')}{failed} |")
+                     f"{mean(k, 'mirror'):{f}} | {difference(d, f)} | {p_holm} | {d.get('verdict', 'secondary')}{failed} |")
     gates = ", ".join(f"{k}: {'met' if ok else 'NOT met'}" for k, ok in result["calibration_gates"].items())
     secs = [s["seconds"] for s in result["seconds_per_seed"]]
     return [*lines, "", f"Validity gates: {gates}. Chance per task {mean('chance_per_task', 'baseline'):.1f} %. "
@@ -370,8 +369,7 @@ def fine_headline(result: dict | None) -> str:
     parts = []
     for k, label in zip(PRIMARY, ("task success", "per-task recognition from train views", "from held-out views")):
         d = c[k]
-        diff = "n/a" if d["low"] is None else f"{d['mean']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}]"
-        parts.append(f"{label} {sum(m[k]['baseline']) / n:.1f} -> {sum(m[k]['mirror']) / n:.1f} % ({diff}: "
+        parts.append(f"{label} {sum(m[k]['baseline']) / n:.1f} -> {sum(m[k]['mirror']) / n:.1f} % ({difference(d)}: "
                      f"{d['verdict']})")
     return (f"Pre-registered benchmark ({'partial, ' if not result['complete'] else ''}{n} of "
             f"{len(result['seeds_planned'])} seeds, `fine` preset, mirror-fine): " + "; ".join(parts) + ".")
