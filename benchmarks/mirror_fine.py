@@ -6,7 +6,8 @@ views, full and early clips; rollouts; both pairs analysed.
     python benchmarks/mirror_fine.py --data /work/data/fine-draft --root /work/data/mirror-fine [--jobs 2]
 
 Resumable: every run, evaluation and analysis is cached under ROOT by its config (benchmarks/_mirror.py), and a
-finished seed leaves ROOT/seeds/seed-N.json. Seeds run as separate processes, `--jobs` at a time, each with one
+finished seed leaves benchmarks/results/mirror_fine_seeds/seed-N.json (or in --seeds-dir), which is committed: a seed
+once finished is never rerun, even on a machine where ROOT (the dataset and the runs) has not survived. Seeds run as separate processes, `--jobs` at a time, each with one
 torch thread (on 2 cores two one-thread jobs do ~1.15x the training work of one two-thread job and keep four
 simulator workers busy during rollouts: benchmarks/seed_cost.py).
 Results are rewritten after every seed: benchmarks/results/mirror_fine.{json,md}.
@@ -22,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import machine, write_results
+from _common import RESULTS, machine, write_results
 from _mirror import analyzed, config_for, eval_dir, evaluated, trained
 
 from mirroralign.data.generate import generate
@@ -182,10 +183,12 @@ def main() -> None:
     p.add_argument("--root", type=Path, default=Path("runs/mirror-fine"))
     p.add_argument("--seeds", type=int, nargs="+", default=list(range(SEEDS)))
     p.add_argument("--jobs", type=int, default=2, help="seeds run at once, one torch thread each")
+    p.add_argument("--seeds-dir", type=Path, default=RESULTS / "mirror_fine_seeds",
+                   help="where each finished seed's JSON goes (and is looked for)")
     p.add_argument("--seed-job", type=int, help=argparse.SUPPRESS)  # internal: run this one seed, write its JSON
     args = p.parse_args()
     data = args.data or args.root / "data-fine"
-    seed_file = lambda s: args.root / "seeds" / f"seed-{s}.json"  # noqa: E731
+    seed_file = lambda s: args.seeds_dir / f"seed-{s}.json"  # noqa: E731
     if args.seed_job is not None:
         write_json_atomic(seed_file(args.seed_job), run_seed(args.seed_job, data, args.root))
         return
@@ -205,7 +208,8 @@ def main() -> None:
     while todo or running:
         while todo and len(running) < args.jobs:
             s = todo.pop(0)
-            cmd = [sys.executable, __file__, "--seed-job", str(s), "--data", str(data), "--root", str(args.root)]
+            cmd = [sys.executable, __file__, "--seed-job", str(s), "--data", str(data), "--root", str(args.root),
+                   "--seeds-dir", str(args.seeds_dir)]
             running.append((s, subprocess.Popen(cmd, env=env)))
         time.sleep(5)
         for s, proc in [r for r in running if r[1].poll() is not None]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -30,7 +30,7 @@ VALID = {
     "env.observer_cameras": st.lists(NAMES, min_size=1, max_size=3),
     "data.suite": st.sampled_from(["mirror10", "mt10", "mt50"]),
     "data.episodes": st.integers(1, 10_000),
-    "data.seed": st.integers(0, 2**31),
+    "data.seed": st.integers(0, 2**31 - 1),  # SEED_LIMIT is exclusive
     "data.workers": st.integers(1, 64),
     "data.val_fraction": _float(0, 0.45),
     "data.test_fraction": _float(0, 0.45),
@@ -68,6 +68,7 @@ def _get(config: Config, dotted: str):
 @settings(max_examples=60, deadline=None)
 @given(st.dictionaries(st.sampled_from(sorted(VALID)), st.none(), min_size=1, max_size=6).flatmap(
     lambda keys: st.fixed_dictionaries({k: VALID[k] for k in keys})))
+@example({"data.seed": 2**31 - 1, "train.seed": 0})  # both ends of the seed range, always tried
 def test_valid_overrides_round_trip_to_the_typed_config(values):
     config = load_config("tiny", overrides=[f"{k}={_text(v)}" for k, v in values.items()])
     for key, value in values.items():
@@ -112,6 +113,12 @@ def test_any_override_is_accepted_or_a_usage_error_never_a_crash(overrides):
 def test_wrong_types_and_out_of_range_values_are_usage_errors(key, value):
     with pytest.raises(UsageError):
         load_config("tiny", overrides=[f"{key}={value}"])
+
+
+@pytest.mark.parametrize("key", ["data.seed", "train.seed"])
+def test_a_seed_just_past_the_range_is_a_usage_error(key):
+    with pytest.raises(UsageError, match=f"{key} must be in 0..2147483647"):
+        load_config("tiny", overrides=[f"{key}={2**31}"])
 
 
 # ------------------------------------------------------------------------------------------------- store
