@@ -14,13 +14,12 @@ from pathlib import Path
 
 import numpy as np
 from safetensors.torch import load_file
-from scipy import stats as scipy_stats
 
 from mirroralign.analysis.probe import recall_at_1
 from mirroralign.analysis.run import analyze
 from mirroralign.config import Config, load_config
 from mirroralign.evaluate.run import evaluate
-from mirroralign.stats import mean_ci
+from mirroralign.stats import mean_ci, paired_t, proportion_ci
 from mirroralign.train import train
 
 UNSEEN_VIEW = "corner2"  # neither the observer camera (corner) nor an agent camera (corner3, gripperPOV)
@@ -125,21 +124,12 @@ def mirror_arm(preset: str, seed: int, overrides: list[str], data: Path, root: P
 
 
 def seed_ci(values) -> dict:
-    """Mean and Student-t 95 % CI over seeds (the seed is the unit of replication; with 3 seeds a bootstrap
-    interval would be far too narrow)."""
+    """Mean and Student-t 95 % CI over seeds (mirroralign.stats.paired_t; the seed is the unit of replication: a
+    bootstrap over 3 seeds would be far too narrow)."""
     x = np.asarray([v for v in values if v is not None], dtype=float)
     if len(x) < 2 or np.ptp(x) < 1e-6:  # no spread (float32 rounding aside): a t-interval would claim certainty
         return {"mean": float(x.mean()) if len(x) else None, "low": None, "high": None, "n": len(x)}
-    low, high = scipy_stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=scipy_stats.sem(x))
-    return {"mean": float(x.mean()), "low": float(low), "high": float(high), "n": len(x)}
-
-
-def rate_ci(outcomes) -> dict:
-    """Success rate with its Wilson interval (as mirroralign.stats.proportion_ci, which the pinned snapshot that
-    the benchmark runs from predates)."""
-    x = np.asarray(outcomes, dtype=bool)
-    ci = scipy_stats.binomtest(int(x.sum()), len(x)).proportion_ci(method="wilson")
-    return {"mean": float(x.mean()), "low": float(ci.low), "high": float(ci.high), "n": len(x)}
+    return {k: v for k, v in paired_t(x).items() if k in ("mean", "low", "high", "n")}
 
 
 def compare(baseline: list[dict], treatment: list[dict]) -> dict:
@@ -154,7 +144,7 @@ def compare(baseline: list[dict], treatment: list[dict]) -> dict:
     b_eps = np.concatenate([s["_rollout_outcomes"] for s in baseline]).astype(float)
     t_eps = np.concatenate([s["_rollout_outcomes"] for s in treatment]).astype(float)
     if len(b_eps) == len(t_eps):
-        out["success_pooled"] = {"baseline": rate_ci(b_eps), "treatment": rate_ci(t_eps),
+        out["success_pooled"] = {"baseline": proportion_ci(b_eps), "treatment": proportion_ci(t_eps),
                                  "difference": mean_ci(t_eps - b_eps)}
     return out
 

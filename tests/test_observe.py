@@ -9,6 +9,7 @@ import torch
 from conftest import run_cli
 from safetensors.torch import load_file
 
+from mirroralign.analysis.run import initialized
 from mirroralign.config import load_config
 from mirroralign.data.store import EpisodeStore, load_episode_folder
 from mirroralign.errors import UsageError
@@ -104,6 +105,16 @@ def test_training_reads_the_clip_not_the_instruction(told_runs, tiny_dataset):
     # in a mirror run the policy's loss does not reach the understanding model through the task embedding
     models = build_models(config, "mirror", store)
     assert not conditioning_model(models).task_embedding(a).requires_grad
+
+
+def test_step_0_of_a_video_told_execute_run_reads_the_trained_understanding_model(told_runs):
+    run = load_run(told_runs["execute"])
+    init = initialized(run)
+    for (name, a), b in zip(init.models["condition"].state_dict().items(), run.models["condition"].state_dict().values()):
+        assert torch.equal(a, b), name  # the frozen model it was given, not a random one
+    trained, untrained = run.models["execution"].state_dict(), init.models["execution"].state_dict()
+    assert any(not torch.equal(trained[k], untrained[k]) for k in trained)  # the policy itself is at step 0
+    assert init.step == 0
 
 
 def test_text_mode_samples_are_as_before(tiny_dataset):

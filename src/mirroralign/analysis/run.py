@@ -39,7 +39,7 @@ from mirroralign.data.store import (
 from mirroralign.errors import DataError, UsageError
 from mirroralign.evaluate.run import METRICS
 from mirroralign.text import TEXT_DIM
-from mirroralign.train import CHECKPOINTS, LoadedRun, build_models, load_run
+from mirroralign.train import CHECKPOINTS, CONDITION_PART, LoadedRun, build_models, load_run
 
 STEPS_PER_EPISODE = 8  # the execution representation of an episode: the mean over this many evenly spaced steps
 WINDOWS_PER_EPISODE = 4  # the time-aligned probe's (step, clip window) pairs per episode
@@ -261,10 +261,13 @@ def analyze(run_dirs: list[str | Path], data: str | Path, out: str | Path, rollo
 
 def initialized(run: LoadedRun) -> LoadedRun:
     """The run's models as training created them, before step 1 (same seed, same order as `train`); the
-    caller's random state is left as it was."""
+    caller's random state is left as it was. An execute run told by video starts from a trained, frozen
+    understanding model (train.condition_run): at step 0 its policy already reads that model, not a random one."""
     with torch.random.fork_rng():
         torch.manual_seed(run.config.train.seed)
         models = build_models(run.config, run.mode, run.store)
+    if CONDITION_PART in models:
+        models[CONDITION_PART].load_state_dict(run.models[CONDITION_PART].state_dict())
     return replace(run, models=models.eval(), step=0, checkpoint_sha256=None)
 
 
