@@ -1,4 +1,4 @@
-"""Shared by the benchmark scripts: machine facts and writing JSON plus a Markdown table."""
+"""Shared by the benchmark scripts: machine facts, writing JSON plus a Markdown table, per-seed results."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import subprocess
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
+
+from mirroralign.data.store import write_json_atomic
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -52,3 +54,27 @@ def write_results(name: str, results: dict, table: list[tuple[str, str, str]],
                  f"{results['date']}_")
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+class SeedResults:
+    """Each finished seed's results, committed beside the benchmark's JSON (RESULTS/<name>_seeds/seed-N.json): a
+    seed once finished is never rerun, even on a machine where the run folders (ROOT) did not survive. `settings`
+    (JSON-able; None for none) is stored in every file, and a file of other settings is refused, not mixed in."""
+
+    def __init__(self, name: str, settings=None, folder: Path | None = None):
+        self.folder, self.settings = folder or RESULTS / f"{name}_seeds", settings
+
+    def path(self, seed: int) -> Path:
+        return self.folder / f"seed-{seed}.json"
+
+    def get(self, seed: int) -> dict | None:
+        if not self.path(seed).is_file():
+            return None
+        result = json.loads(self.path(seed).read_text())
+        if result.pop("settings", None) != self.settings:
+            raise SystemExit(f"{self.path(seed)} was measured with other settings; remove it or use another --name")
+        return result
+
+    def put(self, seed: int, result: dict) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.path(seed), result if self.settings is None else {**result, "settings": self.settings})

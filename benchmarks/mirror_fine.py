@@ -16,18 +16,17 @@ Results are rewritten after every seed: benchmarks/results/mirror_fine.{json,md}
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from _common import RESULTS, machine, write_results
+from _common import RESULTS, SeedResults, machine, write_results
 from _mirror import analyzed, config_for, eval_dir, evaluated, trained
 
 from mirroralign.data.generate import generate
-from mirroralign.data.store import EpisodeStore, write_json_atomic
+from mirroralign.data.store import EpisodeStore
 from mirroralign.stats import holm, paired_t
 
 PRESET = "fine"
@@ -150,8 +149,10 @@ def summarise(done: list[dict], seeds_planned: list[int]) -> tuple[dict, list]:
                   for k, v in metrics.items()}
     for k, p in holm({k: comparison[k]["p_value"] for k in PRIMARY}).items():
         comparison[k]["p_holm"] = p
-    for k in PRIMARY:
-        comparison[k]["verdict"] = verdict(comparison[k])
+    complete = len(done) == len(seeds_planned)
+    for k in PRIMARY:  # a verdict is pre-registered for all the seeds only: none is read off a partial run
+        comparison[k]["verdict"] = verdict(comparison[k]) if complete else \
+            f"interim ({len(done)} of {len(seeds_planned)} seeds): no verdict yet"
         comparison[k]["meets_half_width"] = (comparison[k]["half_width"] or float("inf")) <= HALF_WIDTH_DONE
     mean = lambda k, a="baseline": sum(metrics[k][a]) / len(done)  # noqa: E731
     gates = {"baseline_success_25_75": 25 <= mean("success") <= 75,
@@ -161,7 +162,7 @@ def summarise(done: list[dict], seeds_planned: list[int]) -> tuple[dict, list]:
     results = {"question": "independent understand+execute (baseline) vs mirror (explicit alignment, positives by "
                            "instruction) on mirror-fine with moving observers: same data, steps and batch",
                "preset": PRESET, "seeds": [s["seed"] for s in done], "seeds_planned": seeds_planned,
-               "complete": len(done) == len(seeds_planned), "preregistered": PREREGISTERED, "metrics": metrics,
+               "complete": complete, "preregistered": PREREGISTERED, "metrics": metrics,
                "comparison": comparison, "calibration_gates": gates,
                "seconds_per_seed": [{"seed": s["seed"], "seconds": s["seconds"], "cpus": s["machine"]["cpus"],
                                      "platform": s["machine"]["platform"]} for s in done],
@@ -183,24 +184,25 @@ def main() -> None:
     p.add_argument("--root", type=Path, default=Path("runs/mirror-fine"))
     p.add_argument("--seeds", type=int, nargs="+", default=list(range(SEEDS)))
     p.add_argument("--jobs", type=int, default=2, help="seeds run at once, one torch thread each")
-    p.add_argument("--seeds-dir", type=Path, default=RESULTS / "mirror_fine_seeds",
+    p.add_argument("--seeds-dir", type=Path, default=RESULTS / "mirror_fine_seeds",  # committed: see SeedResults
                    help="where each finished seed's JSON goes (and is looked for)")
+    p.add_argument("--summarise", action="store_true", help="only rewrite the results from the finished seeds")
     p.add_argument("--seed-job", type=int, help=argparse.SUPPRESS)  # internal: run this one seed, write its JSON
     args = p.parse_args()
     data = args.data or args.root / "data-fine"
-    seed_file = lambda s: args.seeds_dir / f"seed-{s}.json"  # noqa: E731
+    finished = SeedResults("mirror_fine", folder=args.seeds_dir)
     if args.seed_job is not None:
-        write_json_atomic(seed_file(args.seed_job), run_seed(args.seed_job, data, args.root))
+        finished.put(args.seed_job, run_seed(args.seed_job, data, args.root))
         return
-    generate(config_for(PRESET, 0, []), data)  # resumes; returns at once when the dataset is complete
-    if EpisodeStore(data).verify():
-        raise SystemExit(f"dataset {data} failed verification")
-    seed_file(0).parent.mkdir(parents=True, exist_ok=True)
+    todo = [] if args.summarise else [s for s in args.seeds if finished.get(s) is None]
+    if todo:
+        generate(config_for(PRESET, 0, []), data)  # resumes; returns at once when the dataset is complete
+        if EpisodeStore(data).verify():
+            raise SystemExit(f"dataset {data} failed verification")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    todo = [s for s in args.seeds if not seed_file(s).is_file()]
 
     def write_all():
-        done = [json.loads(seed_file(x).read_text()) for x in args.seeds if seed_file(x).is_file()]
+        done = [d for d in map(finished.get, args.seeds) if d is not None]
         if done:
             write_results("mirror_fine", *summarise(done, args.seeds))
 

@@ -13,7 +13,8 @@ default mixed), each evaluated under four conditions on the same test scenes:
 
 Resumable and cached as mirror_effect.py (`_mirror.py`): every run under ROOT/runs named by a hash of its config
 (train resumes from its last checkpoint), every evaluation under ROOT/eval by run and condition, kept while it is of
-the run's latest checkpoint. Results are rewritten after every seed: benchmarks/results/observe_then_do.{json,md}
+the run's latest checkpoint; a finished seed is kept in benchmarks/results/observe_then_do_seeds/seed-N.json
+(committed: never rerun). Results are rewritten after every seed: benchmarks/results/observe_then_do.{json,md}
 (another preset than `fine` writes observe_then_do_<preset>.*, so a smoke check never replaces the benchmark), and
 the report of the first seed beside them.
 
@@ -29,7 +30,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from _common import RESULTS, write_results
+from _common import RESULTS, SeedResults, write_results
 from _mirror import config_for, pct, seed_ci, signed_pct, trained
 
 from mirroralign.data.generate import generate
@@ -130,19 +131,18 @@ def main() -> None:
     args = parser.parse_args()
     name = "observe_then_do" if args.preset == "fine" else f"observe_then_do_{args.preset}"
     data = args.data or args.root / f"data-{args.preset}"
-    generate(config_for(args.preset, 0, []), data)  # resumes; returns at once when the dataset is complete
-    if EpisodeStore(data).verify():
-        raise SystemExit(f"dataset {data} failed verification")
+    finished = SeedResults(name, {"preset": args.preset, "train_condition": args.train_condition})
+    if any(finished.get(s) is None for s in args.seeds):
+        generate(config_for(args.preset, 0, []), data)  # resumes; returns at once when the dataset is complete
+        if EpisodeStore(data).verify():
+            raise SystemExit(f"dataset {data} failed verification")
 
-    per_seed = {arm: [] for arm in ARMS}
     for i, seed in enumerate(args.seeds):
-        for arm in ARMS:
-            run = arm_runs(arm, args.preset, seed, args.train_condition, data, args.root)
-            per_seed[arm].append({c: condition_values(conditioned(run, data, args.root, c)) for c in CONDITIONS})
-            per_seed[arm][-1]["run"] = str(run)
-            if i == 0 and arm == ARMS[-1] and not (RESULTS / f"{name}_report.html").is_file():
-                report([eval_dir(Path(s["run"]), args.root, c) for s in (per_seed["independent"][0], per_seed[arm][0])
-                        for c in CONDITIONS], RESULTS / f"{name}_report.html")
+        if finished.get(seed) is None:
+            report_to = RESULTS / f"{name}_report.html" if i == 0 else None
+            finished.put(seed, run_seed(seed, args.preset, args.train_condition, data, args.root, report_to))
+        seeds = [finished.get(s) for s in args.seeds[: i + 1]]
+        per_seed = {arm: [s[arm] for s in seeds] for arm in ARMS}
         summary = summarise(per_seed)
         write_results(name, {
             "question": "does a shown demonstration clip work as well as the instruction, and does alignment make it "
@@ -152,6 +152,18 @@ def main() -> None:
             "train_condition": args.train_condition, "data": str(data), "summary": summary,
             "per_seed": {arm: [{c: {k: v for k, v in s[c].items() if not k.startswith("_")} for c in CONDITIONS}
                                | {"run": s["run"]} for s in per_seed[arm]] for arm in ARMS}}, table(summary))
+
+
+def run_seed(seed: int, preset: str, train_condition: str, data: Path, root: Path, report_to: Path | None) -> dict:
+    """Per arm, every condition's values on the test scenes and the run evaluated; with `report_to` (and no report
+    there yet) the HTML report of both arms' evaluations."""
+    out = {}
+    for arm in ARMS:
+        run = arm_runs(arm, preset, seed, train_condition, data, root)
+        out[arm] = {c: condition_values(conditioned(run, data, root, c)) for c in CONDITIONS} | {"run": str(run)}
+    if report_to is not None and not report_to.is_file():
+        report([eval_dir(Path(out[arm]["run"]), root, c) for arm in ARMS for c in CONDITIONS], report_to)
+    return out
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ understand run of the same seed scoring), under the same interaction budget, eva
 
 Resumable and cached: the baseline runs and their evaluations are the ones of `_mirror.py` (shared with
 mirror_effect.py), each fine-tune lives under ROOT/finetune in a folder named by its settings and resumes from its
-last checkpoint, an evaluation with a metrics file is read back. Results: benchmarks/results/rl_finetune.{json,md},
+last checkpoint, an evaluation with a metrics file is read back; a finished seed is kept in
+benchmarks/results/NAME_seeds/seed-N.json (committed: never rerun). Results: benchmarks/results/NAME.{json,md},
 rewritten after every seed.
 
 Budget (an estimate from DESIGN.md s7's rendering cost, to be replaced by the measured wall time the results
@@ -28,7 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import write_results
+from _common import SeedResults, write_results
 from _mirror import config_for, evaluated, pct, seed_ci, signed_pct, trained
 
 from mirroralign.data.generate import generate
@@ -95,41 +96,44 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="finetune.* / eval.* overrides of every fine-tune")
     args = parser.parse_args()
     data = args.data or args.root / f"data-{args.preset}"
-    generate(config_for(args.preset, 0, []), data)  # resumes; returns at once when the dataset is complete
-    if EpisodeStore(data).verify():
-        raise SystemExit(f"dataset {data} failed verification")
     overrides = [f"finetune.variations=[{','.join(args.variations)}]", *args.overrides]
-
-    results = {reward: {k: [] for k in ("before", "after", "before_all", "after_all", "episodes", "env_steps",
-                                        "wall_s", "auc_before", "auc_after", "learned_reward_before",
-                                        "learned_reward_after", "reward_hacking_flagged", "train_success_first",
-                                        "train_success_last")} for reward in REWARDS}
+    finished = SeedResults(args.name, {"preset": args.preset, "variations": args.variations, "overrides": overrides})
+    if any(finished.get(s) is None for s in args.seeds):
+        generate(config_for(args.preset, 0, []), data)  # resumes; returns at once when the dataset is complete
+        if EpisodeStore(data).verify():
+            raise SystemExit(f"dataset {data} failed verification")
     for i, seed in enumerate(args.seeds):
-        config = config_for(args.preset, seed, [])
-        execute, understand = trained(config, "execute", data, args.root), trained(config, "understand", data,
-                                                                                    args.root)
-        before = evaluated(execute, data, args.root)
-        for reward in REWARDS:
-            t0 = time.perf_counter()
-            ft = finetuned(execute, understand, reward, data, args.root, args.preset, overrides)
-            after = evaluated(ft, data, args.root)
-            r = results[reward]
-            r["before"].append(100 * success_on(before, args.variations))
-            r["after"].append(100 * success_on(after, args.variations))
-            r["before_all"].append(100 * success_on(before, None))
-            r["after_all"].append(100 * success_on(after, None))
-            for k, v in run_summary(ft).items():
-                r[k].append(v)
-            print(f"seed {seed} {reward}: success {r['before'][-1]:.1f} -> {r['after'][-1]:.1f} % "
-                  f"({time.perf_counter() - t0:.0f} s this call)")
+        if finished.get(seed) is None:
+            finished.put(seed, run_seed(seed, data, args.root, args.preset, args.variations, overrides))
+        per_seed = [finished.get(s) for s in args.seeds[: i + 1]]
+        rewards = {reward: {k: [s[reward][k] for s in per_seed] for k in per_seed[0][reward]} for reward in REWARDS}
         out = {"question": "RL fine-tuning with the oracle success reward vs the understanding model's score, same "
                            "interaction budget, on the test scenes", "preset": args.preset,
                "seeds": args.seeds[: i + 1], "seeds_planned": args.seeds, "complete": i + 1 == len(args.seeds),
                "variations": args.variations, "overrides": overrides, "data": str(data),
                "rewards": {reward: {**{k: v for k, v in r.items() if not k.startswith("auc_")},
                                     "auc": {"before": r["auc_before"], "after": r["auc_after"]}}
-                           for reward, r in results.items()}}
+                           for reward, r in rewards.items()}}
         write_results(args.name, out, table(out))
+
+
+def run_seed(seed: int, data: Path, root: Path, preset: str, variations: list[str], overrides: list[str]) -> dict:
+    """Per reward: success before and after (in percent, on the fine-tuned variations and on all) and the
+    fine-tune's summary."""
+    config = config_for(preset, seed, [])
+    execute, understand = trained(config, "execute", data, root), trained(config, "understand", data, root)
+    before = evaluated(execute, data, root)
+    out = {}
+    for reward in REWARDS:
+        t0 = time.perf_counter()
+        ft = finetuned(execute, understand, reward, data, root, preset, overrides)
+        after = evaluated(ft, data, root)
+        out[reward] = {"before": 100 * success_on(before, variations), "after": 100 * success_on(after, variations),
+                       "before_all": 100 * success_on(before, None), "after_all": 100 * success_on(after, None),
+                       **run_summary(ft)}
+        print(f"seed {seed} {reward}: success {out[reward]['before']:.1f} -> {out[reward]['after']:.1f} % "
+              f"({time.perf_counter() - t0:.0f} s this call)")
+    return out
 
 
 if __name__ == "__main__":

@@ -309,6 +309,8 @@ def fine_section(result: dict | None) -> list[str]:
     secs = [s["seconds"] for s in result["seconds_per_seed"]]
     return [*lines, "", f"Validity gates: {gates}. Chance per task {mean('chance_per_task', 'baseline'):.1f} %. "
                         f"Wall time per seed job {min(secs) / 60:.0f}-{max(secs) / 60:.0f} min (two jobs at a time).", ""]
+
+
 def observe_section(result: dict | None) -> list[str]:
     """Observe, then do: success told by text, video, a sibling's video and nothing, per arm, with the verdicts."""
     seeds = " ".join(map(str, result["seeds_planned"])) if result else "0 1 2"

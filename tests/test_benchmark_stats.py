@@ -93,8 +93,8 @@ def test_mirror_fine_pairs_by_seed_corrects_with_holm_and_checks_the_gates():
     done = [_seed(i, {"success": s[0], "recognition_per_task_train": t[0], "recognition_per_task_heldout": h[0]},
                   {"success": s[1], "recognition_per_task_train": t[1], "recognition_per_task_heldout": h[1]})
             for i, (s, t, h) in enumerate(zip(success, train, held))]
-    results, table = summarise(done, list(range(10)))
-    assert results["seeds"] == [0, 1, 2, 3] and not results["complete"]
+    results, table = summarise(done, list(range(4)))  # these four were all the seeds planned
+    assert results["seeds"] == [0, 1, 2, 3] and results["complete"]
     assert results["metrics"]["success"] == {"baseline": [40, 50, 45, 42], "mirror": [43.0, 53.5, 47.5, 45.0]}
     c = results["comparison"]
     diffs = {k: [m - b for b, m in pairs] for k, pairs in zip(PRIMARY, (success, train, held))}
@@ -112,3 +112,23 @@ def test_mirror_fine_pairs_by_seed_corrects_with_holm_and_checks_the_gates():
     assert gates == {"baseline_success_25_75": True, "baseline_recognition_train_40_85": True,
                      "baseline_recognition_heldout_3x_chance": False}
     assert table[0][0] == "success (primary)"
+    partial = summarise(done, list(range(10)))[0]  # 4 of 10: the same intervals, but no verdict is read off them
+    assert not partial["complete"] and partial["comparison"]["success"]["mean"] == c["success"]["mean"]
+    assert all(partial["comparison"][k]["verdict"] == "interim (4 of 10 seeds): no verdict yet" for k in PRIMARY)
+
+
+def test_seed_results_round_trip_and_refuse_other_settings(tmp_path):
+    from _common import SeedResults
+
+    stored = SeedResults("x", {"preset": "fine"}, folder=tmp_path / "seeds")
+    assert stored.get(3) is None
+    stored.put(3, {"success": 41.5})
+    assert stored.get(3) == {"success": 41.5}
+    assert SeedResults("x", {"preset": "fine"}, folder=tmp_path / "seeds").get(3) == {"success": 41.5}
+    with pytest.raises(SystemExit, match="other settings"):  # never mixed into another design's results
+        SeedResults("x", {"preset": "standard"}, folder=tmp_path / "seeds").get(3)
+    plain = SeedResults("y", folder=tmp_path / "plain")  # no settings: the file is the result itself
+    plain.put(0, {"seed": 0})
+    assert (tmp_path / "plain" / "seed-0.json").read_text().strip().startswith("{") and plain.get(0) == {"seed": 0}
+    with pytest.raises(SystemExit):
+        SeedResults("y", {"preset": "fine"}, folder=tmp_path / "plain").get(0)
