@@ -6,10 +6,11 @@ views, full and early clips; rollouts; both pairs analysed.
     python benchmarks/mirror_fine.py --data /work/data/fine-draft --root /work/data/mirror-fine [--jobs 2]
 
 Resumable: every run, evaluation and analysis is cached under ROOT by its config (benchmarks/_mirror.py), and a
-finished seed leaves benchmarks/results/mirror_fine_seeds/seed-N.json (or in --seeds-dir), which is committed: a seed
-once finished is never rerun, even on a machine where ROOT (the dataset and the runs) has not survived. Seeds run as separate processes, `--jobs` at a time, each with one
-torch thread (on 2 cores two one-thread jobs do ~1.15x the training work of one two-thread job and keep four
-simulator workers busy during rollouts: benchmarks/seed_cost.py).
+finished seed leaves benchmarks/results/mirror_fine_seeds/seed-N.json (or in --seeds-dir), which is committed: a
+seed once finished is never rerun, even on a machine where ROOT (the dataset and the runs) has not survived. Seeds
+run as separate processes, `--jobs` at a time, each with one torch thread (on 2 cores two one-thread jobs do ~1.15x
+the training work of one two-thread job and keep four simulator workers busy during rollouts:
+benchmarks/seed_cost.py).
 Results are rewritten after every seed: benchmarks/results/mirror_fine.{json,md}.
 """
 
@@ -166,6 +167,7 @@ def summarise(done: list[dict], seeds_planned: list[int]) -> tuple[dict, list]:
                "comparison": comparison, "calibration_gates": gates,
                "seconds_per_seed": [{"seed": s["seed"], "seconds": s["seconds"], "cpus": s["machine"]["cpus"],
                                      "platform": s["machine"]["platform"]} for s in done],
+               "seed_commits": sorted({s["machine"]["mirroralign_commit"] for s in done}),  # the code that ran them
                "config": config_for(PRESET, 0, []).to_dict()}
     table = []
     for k in (*PRIMARY, "recognition_all_train", "recognition_early_train", "probe_r1_u2e", "probe_blind_r1_u2e",
@@ -173,7 +175,8 @@ def summarise(done: list[dict], seeds_planned: list[int]) -> tuple[dict, list]:
         c = comparison[k]
         table.append((k + (" (primary)" if k in PRIMARY else ""),
                       f"{mean(k):.1f} -> {mean(k, 'mirror'):.1f}",
-                      f"difference {difference(c)} over {c['n']} seeds" + (f"; {c['verdict']}" if k in PRIMARY else "")))
+                      f"difference {difference(c)} over {c['n']} seeds"
+                      + (f"; {c['verdict']}" if k in PRIMARY else "")))
     return results, table
 
 

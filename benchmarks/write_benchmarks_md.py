@@ -294,9 +294,10 @@ def fine_section(result: dict | None) -> list[str]:
     c, m = result["comparison"], result["metrics"]
     seeds = len(result["seeds"])
     mean = lambda k, arm: sum(m[k][arm]) / seeds  # noqa: E731
+    commits = result.get("seed_commits", [result["machine"]["mirroralign_commit"]])  # the code that ran the seeds
     lines = [f"Results ({'complete' if result['complete'] else 'partial'}: {seeds} of "
-             f"{len(result['seeds_planned'])} seeds; {result['machine']['cpus']} CPU cores; commit "
-             f"{result['machine']['mirroralign_commit']}):", "",
+             f"{len(result['seeds_planned'])} seeds; {result['machine']['cpus']} CPU cores; seeds run by mirroralign "
+             f"{', '.join(commits)}):", "",
              "| endpoint | baseline | mirror | difference [95 % CI] | Holm p | verdict |", "|---|---|---|---|---|---|"]
     for k in [*PRIMARY, *[k for k in c if k not in PRIMARY and not k.startswith("chance")]]:
         d, f = c[k], ".3f" if k in ("mutual_knn", "cka", "cknna") else ".1f"  # indices in [0, 1]; the rest in %

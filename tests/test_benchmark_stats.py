@@ -78,7 +78,8 @@ def _seed(seed, baseline: dict, mirror: dict) -> dict:
             *[f"{p}{s}_r1_{w}" for p in ("probe", "probe_blind", "probe_time") for s in ("", "_step0")
               for w in ("u2e", "e2u")]}
     fill = {k: 10.0 for k in keys} | {"chance_per_task": 22.0}
-    return {"seed": seed, "seconds": 1800.0, "machine": {"cpus": 2, "platform": "test"},
+    return {"seed": seed, "seconds": 1800.0,
+            "machine": {"cpus": 2, "platform": "test", "mirroralign_commit": "abc1234"},
             "baseline": fill | baseline, "mirror": fill | mirror}
 
 
@@ -94,7 +95,7 @@ def test_mirror_fine_pairs_by_seed_corrects_with_holm_and_checks_the_gates():
                   {"success": s[1], "recognition_per_task_train": t[1], "recognition_per_task_heldout": h[1]})
             for i, (s, t, h) in enumerate(zip(success, train, held))]
     results, table = summarise(done, list(range(4)))  # these four were all the seeds planned
-    assert results["seeds"] == [0, 1, 2, 3] and results["complete"]
+    assert results["seeds"] == [0, 1, 2, 3] and results["complete"] and results["seed_commits"] == ["abc1234"]
     assert results["metrics"]["success"] == {"baseline": [40, 50, 45, 42], "mirror": [43.0, 53.5, 47.5, 45.0]}
     c = results["comparison"]
     diffs = {k: [m - b for b, m in pairs] for k, pairs in zip(PRIMARY, (success, train, held))}

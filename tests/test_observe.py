@@ -110,8 +110,9 @@ def test_training_reads_the_clip_not_the_instruction(told_runs, tiny_dataset):
 def test_step_0_of_a_video_told_execute_run_reads_the_trained_understanding_model(told_runs):
     run = load_run(told_runs["execute"])
     init = initialized(run)
-    for (name, a), b in zip(init.models["condition"].state_dict().items(), run.models["condition"].state_dict().values()):
-        assert torch.equal(a, b), name  # the frozen model it was given, not a random one
+    given = run.models["condition"].state_dict()
+    for name, value in init.models["condition"].state_dict().items():
+        assert torch.equal(value, given[name]), name  # the frozen model it was given, not a random one
     trained, untrained = run.models["execution"].state_dict(), init.models["execution"].state_dict()
     assert any(not torch.equal(trained[k], untrained[k]) for k in trained)  # the policy itself is at step 0
     assert init.step == 0
