@@ -72,7 +72,8 @@ class SeedResults:
             return None
         result = json.loads(self.path(seed).read_text())
         if result.pop("settings", None) != self.settings:
-            raise SystemExit(f"{self.path(seed)} was measured with other settings; remove it or use another --name")
+            raise SystemExit(f"{self.path(seed)} was measured with other settings than these; remove it to measure "
+                             f"this seed again")
         return result
 
     def put(self, seed: int, result: dict) -> None:

@@ -30,7 +30,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from _common import RESULTS, SeedResults, write_results
+from _common import RESULTS, SeedResults, machine, write_results
 from _mirror import config_for, pct, seed_ci, signed_pct, trained
 
 from mirroralign.data.generate import generate
@@ -139,10 +139,14 @@ def main() -> None:
 
     for i, seed in enumerate(args.seeds):
         if finished.get(seed) is None:
-            report_to = RESULTS / f"{name}_report.html" if i == 0 else None
-            finished.put(seed, run_seed(seed, args.preset, args.train_condition, data, args.root, report_to))
+            result = run_seed(seed, args.preset, args.train_condition, data, args.root)
+            finished.put(seed, result | {"machine": machine()})
         seeds = [finished.get(s) for s in args.seeds[: i + 1]]
         per_seed = {arm: [s[arm] for s in seeds] for arm in ARMS}
+        report_to, first = RESULTS / f"{name}_report.html", [eval_dir(Path(seeds[0][arm]["run"]), args.root, c)
+                                                              for arm in ARMS for c in CONDITIONS]
+        if i == 0 and not report_to.is_file() and all(d.is_dir() for d in first):  # the first seed's, while they exist
+            report(first, report_to)
         summary = summarise(per_seed)
         write_results(name, {
             "question": "does a shown demonstration clip work as well as the instruction, and does alignment make it "
@@ -150,19 +154,17 @@ def main() -> None:
                         f"with train.condition={args.train_condition})", "preset": args.preset,
             "seeds": args.seeds[: i + 1], "seeds_planned": args.seeds, "complete": i + 1 == len(args.seeds),
             "train_condition": args.train_condition, "data": str(data), "summary": summary,
+            "seed_commits": sorted({s["machine"]["mirroralign_commit"] for s in seeds}),  # the code that ran them
             "per_seed": {arm: [{c: {k: v for k, v in s[c].items() if not k.startswith("_")} for c in CONDITIONS}
                                | {"run": s["run"]} for s in per_seed[arm]] for arm in ARMS}}, table(summary))
 
 
-def run_seed(seed: int, preset: str, train_condition: str, data: Path, root: Path, report_to: Path | None) -> dict:
-    """Per arm, every condition's values on the test scenes and the run evaluated; with `report_to` (and no report
-    there yet) the HTML report of both arms' evaluations."""
+def run_seed(seed: int, preset: str, train_condition: str, data: Path, root: Path) -> dict:
+    """Per arm, every condition's values on the test scenes and the run evaluated."""
     out = {}
     for arm in ARMS:
         run = arm_runs(arm, preset, seed, train_condition, data, root)
         out[arm] = {c: condition_values(conditioned(run, data, root, c)) for c in CONDITIONS} | {"run": str(run)}
-    if report_to is not None and not report_to.is_file():
-        report([eval_dir(Path(out[arm]["run"]), root, c) for arm in ARMS for c in CONDITIONS], report_to)
     return out
 
 

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import SeedResults, write_results
+from _common import SeedResults, machine, write_results
 from _mirror import config_for, evaluated, pct, seed_ci, signed_pct, trained
 
 from mirroralign.data.generate import generate
@@ -104,13 +104,15 @@ def main() -> None:
             raise SystemExit(f"dataset {data} failed verification")
     for i, seed in enumerate(args.seeds):
         if finished.get(seed) is None:
-            finished.put(seed, run_seed(seed, data, args.root, args.preset, args.variations, overrides))
+            finished.put(seed, run_seed(seed, data, args.root, args.preset, args.variations, overrides)
+                         | {"machine": machine()})
         per_seed = [finished.get(s) for s in args.seeds[: i + 1]]
         rewards = {reward: {k: [s[reward][k] for s in per_seed] for k in per_seed[0][reward]} for reward in REWARDS}
         out = {"question": "RL fine-tuning with the oracle success reward vs the understanding model's score, same "
                            "interaction budget, on the test scenes", "preset": args.preset,
                "seeds": args.seeds[: i + 1], "seeds_planned": args.seeds, "complete": i + 1 == len(args.seeds),
                "variations": args.variations, "overrides": overrides, "data": str(data),
+               "seed_commits": sorted({s["machine"]["mirroralign_commit"] for s in per_seed}),  # the code that ran them
                "rewards": {reward: {**{k: v for k, v in r.items() if not k.startswith("auc_")},
                                     "auc": {"before": r["auc_before"], "after": r["auc_after"]}}
                            for reward, r in rewards.items()}}
