@@ -133,3 +133,13 @@ def test_seed_results_round_trip_and_refuse_other_settings(tmp_path):
     assert (tmp_path / "plain" / "seed-0.json").read_text().strip().startswith("{") and plain.get(0) == {"seed": 0}
     with pytest.raises(SystemExit):
         SeedResults("y", {"preset": "fine"}, folder=tmp_path / "plain").get(0)
+
+
+def test_the_composed_seed_cost_is_checked_against_the_benchmarks_own_seeds():
+    from write_benchmarks_md import seed_cost_check
+
+    fine = {"seconds_per_seed": [{"seconds": 6000}, {"seconds": 6600}], "machine": {"cpus": 2}}
+    line = seed_cost_check({"per_seed_after_s": {"total": 1860}}, fine)[0]
+    # jobs of 100 and 110 min, two at a time: 52.5 min per seed; composed 31.0 min
+    assert "100-110 min wall" in line and "**52.5 min per seed**" in line and "(x1.69)" in line
+    assert seed_cost_check(None, fine) == [] and seed_cost_check({"per_seed_after_s": {"total": 1}}, None) == []
