@@ -79,3 +79,8 @@ class SeedResults:
     def put(self, seed: int, result: dict) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.path(seed), result if self.settings is None else {**result, "settings": self.settings})
+
+    @staticmethod
+    def commits(results: list[dict]) -> list[str]:
+        """The code that ran these seeds (each result holds the `machine()` of the process that measured it)."""
+        return sorted({r["machine"]["mirroralign_commit"] for r in results})

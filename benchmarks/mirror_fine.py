@@ -167,7 +167,7 @@ def summarise(done: list[dict], seeds_planned: list[int]) -> tuple[dict, list]:
                "comparison": comparison, "calibration_gates": gates,
                "seconds_per_seed": [{"seed": s["seed"], "seconds": s["seconds"], "cpus": s["machine"]["cpus"],
                                      "platform": s["machine"]["platform"]} for s in done],
-               "seed_commits": sorted({s["machine"]["mirroralign_commit"] for s in done}),  # the code that ran them
+               "seed_commits": SeedResults.commits(done),
                "config": config_for(PRESET, 0, []).to_dict()}
     table = []
     for k in (*PRIMARY, "recognition_all_train", "recognition_early_train", "probe_r1_u2e", "probe_blind_r1_u2e",

@@ -154,7 +154,7 @@ def main() -> None:
                         f"with train.condition={args.train_condition})", "preset": args.preset,
             "seeds": args.seeds[: i + 1], "seeds_planned": args.seeds, "complete": i + 1 == len(args.seeds),
             "train_condition": args.train_condition, "data": str(data), "summary": summary,
-            "seed_commits": sorted({s["machine"]["mirroralign_commit"] for s in seeds}),  # the code that ran them
+            "seed_commits": SeedResults.commits(seeds),
             "per_seed": {arm: [{c: {k: v for k, v in s[c].items() if not k.startswith("_")} for c in CONDITIONS}
                                | {"run": s["run"]} for s in per_seed[arm]] for arm in ARMS}}, table(summary))
 

@@ -112,7 +112,7 @@ def main() -> None:
                            "interaction budget, on the test scenes", "preset": args.preset,
                "seeds": args.seeds[: i + 1], "seeds_planned": args.seeds, "complete": i + 1 == len(args.seeds),
                "variations": args.variations, "overrides": overrides, "data": str(data),
-               "seed_commits": sorted({s["machine"]["mirroralign_commit"] for s in per_seed}),  # the code that ran them
+               "seed_commits": SeedResults.commits(per_seed),
                "rewards": {reward: {**{k: v for k, v in r.items() if not k.startswith("auc_")},
                                     "auc": {"before": r["auc_before"], "after": r["auc_after"]}}
                            for reward, r in rewards.items()}}
