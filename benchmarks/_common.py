@@ -57,28 +57,31 @@ def write_results(name: str, results: dict, table: list[tuple[str, str, str]],
 
 
 class SeedResults:
-    """Each finished seed's results, committed beside the benchmark's JSON (RESULTS/<name>_seeds/seed-N.json): a
-    seed once finished is never rerun, even on a machine where the run folders (ROOT) did not survive. `settings`
-    (JSON-able; None for none) is stored in every file, and a file of other settings is refused, not mixed in."""
+    """Each finished seed's results, committed beside the benchmark's JSON (RESULTS/<name>_seeds/seed-N.json, or
+    seed-N.PART.json for a part of a seed that runs on its own): a seed once finished is never rerun, even on a
+    machine where the run folders (ROOT) did not survive. `settings` (JSON-able; None for none) is stored in every
+    file, and a file of other settings is refused, not mixed in."""
 
     def __init__(self, name: str, settings=None, folder: Path | None = None):
         self.folder, self.settings = folder or RESULTS / f"{name}_seeds", settings
 
-    def path(self, seed: int) -> Path:
-        return self.folder / f"seed-{seed}.json"
+    def path(self, seed: int, part: str | None = None) -> Path:
+        return self.folder / (f"seed-{seed}.json" if part is None else f"seed-{seed}.{part}.json")
 
-    def get(self, seed: int) -> dict | None:
-        if not self.path(seed).is_file():
+    def get(self, seed: int, part: str | None = None) -> dict | None:
+        path = self.path(seed, part)
+        if not path.is_file():
             return None
-        result = json.loads(self.path(seed).read_text())
+        result = json.loads(path.read_text())
         if result.pop("settings", None) != self.settings:
-            raise SystemExit(f"{self.path(seed)} was measured with other settings than these; remove it to measure "
-                             f"this seed again")
+            raise SystemExit(f"{path} was measured with other settings than these; remove it to measure this seed "
+                             f"again")
         return result
 
-    def put(self, seed: int, result: dict) -> None:
+    def put(self, seed: int, result: dict, part: str | None = None) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.path(seed), result if self.settings is None else {**result, "settings": self.settings})
+        write_json_atomic(self.path(seed, part),
+                          result if self.settings is None else {**result, "settings": self.settings})
 
     @staticmethod
     def commits(results: list[dict]) -> list[str]:

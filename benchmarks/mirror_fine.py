@@ -5,12 +5,12 @@ views, full and early clips; rollouts; both pairs analysed.
 
     python benchmarks/mirror_fine.py --data /work/data/fine-draft --root /work/data/mirror-fine [--jobs 2]
 
-Resumable: every run, evaluation and analysis is cached under ROOT by its config (benchmarks/_mirror.py), and a
-finished seed leaves benchmarks/results/mirror_fine_seeds/seed-N.json (or in --seeds-dir), which is committed: a
-seed once finished is never rerun, even on a machine where ROOT (the dataset and the runs) has not survived. Seeds
-run as separate processes, `--jobs` at a time, each with one torch thread (on 2 cores two one-thread jobs do ~1.15x
-the training work of one two-thread job and keep four simulator workers busy during rollouts:
-benchmarks/seed_cost.py).
+Resumable: every run, evaluation and analysis is cached under ROOT by its config (benchmarks/_mirror.py), and each
+finished arm of a seed (baseline or mirror) leaves benchmarks/results/mirror_fine_seeds/seed-N.ARM.json (or in
+--seeds-dir), which is committed: an arm once finished is never rerun, even on a machine where ROOT (the dataset and
+the runs) has not survived. The arms run as separate processes, `--jobs` at a time (both arms of a seed at once),
+each with one torch thread (on 2 cores two one-thread jobs do ~1.15x the training work of one two-thread job and
+keep four simulator workers busy during rollouts: benchmarks/seed_cost.py).
 Results are rewritten after every seed: benchmarks/results/mirror_fine.{json,md}.
 """
 
@@ -87,6 +87,19 @@ git history; changing anything below after a run has started would be reported h
   primary whose gate fails is reported with its verdict and the failed gate beside it.
 """
 
+# Appended, never edited into the section above: each change to the design after a run of it had started.
+DEVIATIONS = [
+    {"declared": "2026-12-02", "what": "the time-aligned probe (a secondary endpoint) trains on 1024 drawn pairs per "
+                                       "step instead of all pairs at once",
+     "why": "full batch is quadratic in its 4 x 1323 train pairs and took ~70 % of an analysis (py-spy, issue 18 "
+            "note), so that one seed outlasted a session and no seed could be kept",
+     "state": "no seed had been recorded; seeds 0 and 1 had run once on a machine that was lost, and their primaries "
+              "(baseline success 24.3 / 21.7 %) had been seen in the log. No primary, seed count, analysis or gate "
+              "changes"}]
+DEVIATIONS_MD = "\n".join(["### Deviations from the pre-registration", ""] + [
+    f"- {d['declared']}: {d['what']}, because {d['why']}. State when declared: {d['state']}."
+    for d in DEVIATIONS]) + "\n"
+
 
 def difference(d: dict, f: str = ".1f") -> str:
     """A paired difference with its CI, e.g. `+1.2 [-0.4, +2.8]`, or n/a without an interval."""
@@ -112,24 +125,37 @@ def arm(recognition: dict, held_out: dict, rollouts: dict, analysis: dict) -> di
     return {k: percent(v) if k not in ("mutual_knn", "cka", "cknna") else v for k, v in out.items()}
 
 
-def run_seed(seed: int, data: Path, root: Path) -> dict:
-    """Both arms of one seed, in the order that shows the slowest numbers first."""
+ARMS = ("baseline", "mirror")  # each a job of its own, kept as seed-N.ARM.json once finished
+
+
+def run_arm(seed: int, name: str, data: Path, root: Path) -> dict:
+    """One arm of one seed: the independent pair (understand + execute) or the mirror run; trained, evaluated from
+    both views, rolled out and analysed."""
     start = time.monotonic()
-    config = config_for(PRESET, seed, [])
-    execute = trained(config, "execute", data, root)
-    execute_eval = evaluated(execute, data, root)
-    understand = trained(config, "understand", data, root)
-    understand_eval = evaluated(understand, data, root, rollouts=False)
-    understand_held = evaluated(understand, data, root, view="held-out", rollouts=False)
-    pair = analyzed([understand, execute], data, root, rollouts_of=eval_dir(execute, root))
-    mirror = trained(config_for(PRESET, seed, ["align.positives=instruction"]), "mirror", data, root)
-    mirror_eval = evaluated(mirror, data, root)
-    mirror_held = evaluated(mirror, data, root, view="held-out", rollouts=False)
-    mirror_analysis = analyzed([mirror], data, root, rollouts_of=eval_dir(mirror, root))
-    return {"seed": seed, "seconds": round(time.monotonic() - start, 1), "machine": machine(),
-            "runs": [str(p) for p in (understand, execute, mirror)],
-            "baseline": arm(understand_eval, understand_held, execute_eval, pair),
-            "mirror": arm(mirror_eval, mirror_held, mirror_eval, mirror_analysis)}
+    if name == "baseline":
+        config = config_for(PRESET, seed, [])
+        execute = trained(config, "execute", data, root)  # the run that acts ...
+        rollouts = evaluated(execute, data, root)
+        understand = trained(config, "understand", data, root)  # ... and the one that recognises
+        recognition = evaluated(understand, data, root, rollouts=False)
+        runs = [understand, execute]
+    else:
+        execute = understand = trained(config_for(PRESET, seed, ["align.positives=instruction"]), "mirror", data, root)
+        rollouts = recognition = evaluated(execute, data, root)
+        runs = [execute]
+    held_out = evaluated(understand, data, root, view="held-out", rollouts=False)
+    analysis = analyzed(runs, data, root, rollouts_of=eval_dir(execute, root))
+    return {"seed": seed, "arm": name, "seconds": round(time.monotonic() - start, 1), "machine": machine(),
+            "runs": [str(p) for p in runs], "values": arm(recognition, held_out, rollouts, analysis)}
+
+
+def seed_of(arms: dict[str, dict]) -> dict:
+    """Both arms of a seed as one record; `seconds` is the sum of the arms' wall times."""
+    base = arms["baseline"]
+    return {"seed": base["seed"], "seconds": sum(a["seconds"] for a in arms.values()),
+            "arm_seconds": {k: a["seconds"] for k, a in arms.items()}, "machine": base["machine"],
+            "commits": SeedResults.commits(list(arms.values())), "runs": [r for a in arms.values() for r in a["runs"]],
+            **{k: a["values"] for k, a in arms.items()}}
 
 
 def verdict(d: dict) -> str:
@@ -163,11 +189,12 @@ def summarise(done: list[dict], seeds_planned: list[int]) -> tuple[dict, list]:
     results = {"question": "independent understand+execute (baseline) vs mirror (explicit alignment, positives by "
                            "instruction) on mirror-fine with moving observers: same data, steps and batch",
                "preset": PRESET, "seeds": [s["seed"] for s in done], "seeds_planned": seeds_planned,
-               "complete": complete, "preregistered": PREREGISTERED, "metrics": metrics,
+               "complete": complete, "preregistered": PREREGISTERED, "deviations": DEVIATIONS, "metrics": metrics,
                "comparison": comparison, "calibration_gates": gates,
-               "seconds_per_seed": [{"seed": s["seed"], "seconds": s["seconds"], "cpus": s["machine"]["cpus"],
-                                     "platform": s["machine"]["platform"]} for s in done],
-               "seed_commits": SeedResults.commits(done),
+               "seconds_per_seed": [{"seed": s["seed"], "seconds": s["seconds"], "arm_seconds": s["arm_seconds"],
+                                     "cpus": s["machine"]["cpus"], "platform": s["machine"]["platform"]}
+                                    for s in done],
+               "seed_commits": sorted({c for s in done for c in s["commits"]}),
                "config": config_for(PRESET, 0, []).to_dict()}
     table = []
     for k in (*PRIMARY, "recognition_all_train", "recognition_early_train", "probe_r1_u2e", "probe_blind_r1_u2e",
@@ -186,18 +213,20 @@ def main() -> None:
                                              "if missing)")
     p.add_argument("--root", type=Path, default=Path("runs/mirror-fine"))
     p.add_argument("--seeds", type=int, nargs="+", default=list(range(SEEDS)))
-    p.add_argument("--jobs", type=int, default=2, help="seeds run at once, one torch thread each")
+    p.add_argument("--jobs", type=int, default=2, help="arm jobs (a seed's baseline or mirror) run at once, one "
+                                                       "torch thread each")
     p.add_argument("--seeds-dir", type=Path, default=RESULTS / "mirror_fine_seeds",  # committed: see SeedResults
                    help="where each finished seed's JSON goes (and is looked for)")
     p.add_argument("--summarise", action="store_true", help="only rewrite the results from the finished seeds")
-    p.add_argument("--seed-job", type=int, help=argparse.SUPPRESS)  # internal: run this one seed, write its JSON
+    p.add_argument("--arm-job", nargs=2, metavar=("SEED", "ARM"), help=argparse.SUPPRESS)  # internal: one arm
     args = p.parse_args()
     data = args.data or args.root / "data-fine"
     finished = SeedResults("mirror_fine", folder=args.seeds_dir)
-    if args.seed_job is not None:
-        finished.put(args.seed_job, run_seed(args.seed_job, data, args.root))
+    if args.arm_job is not None:
+        seed, name = int(args.arm_job[0]), args.arm_job[1]
+        finished.put(seed, run_arm(seed, name, data, args.root), part=name)
         return
-    todo = [] if args.summarise else [s for s in args.seeds if finished.get(s) is None]
+    todo = [] if args.summarise else [(s, a) for s in args.seeds for a in ARMS if finished.get(s, a) is None]
     if todo:
         generate(config_for(PRESET, 0, []), data)  # resumes; returns at once when the dataset is complete
         if EpisodeStore(data).verify():
@@ -206,22 +235,23 @@ def main() -> None:
 
     def write_all():  # always against the pre-registered seeds (and any extension): a subset is never "complete"
         planned = sorted(set(range(SEEDS)) | set(args.seeds))
-        done = [d for d in map(finished.get, planned) if d is not None]
+        arms = [{a: finished.get(s, a) for a in ARMS} for s in planned]
+        done = [seed_of(a) for a in arms if None not in a.values()]
         if done:
             write_results("mirror_fine", *summarise(done, planned))
 
-    running: list[tuple[int, subprocess.Popen]] = []
+    running: list[tuple[tuple[int, str], subprocess.Popen]] = []
     while todo or running:
         while todo and len(running) < args.jobs:
-            s = todo.pop(0)
-            cmd = [sys.executable, __file__, "--seed-job", str(s), "--data", str(data), "--root", str(args.root),
-                   "--seeds-dir", str(args.seeds_dir)]
-            running.append((s, subprocess.Popen(cmd, env=env)))
+            job = todo.pop(0)
+            cmd = [sys.executable, __file__, "--arm-job", str(job[0]), job[1], "--data", str(data), "--root",
+                   str(args.root), "--seeds-dir", str(args.seeds_dir)]
+            running.append((job, subprocess.Popen(cmd, env=env)))
         time.sleep(5)
-        for s, proc in [r for r in running if r[1].poll() is not None]:
-            running.remove((s, proc))
+        for job, proc in [r for r in running if r[1].poll() is not None]:
+            running.remove((job, proc))
             if proc.returncode != 0:
-                raise SystemExit(f"seed {s} failed (exit {proc.returncode}); rerun to resume it")
+                raise SystemExit(f"seed {job[0]} {job[1]} failed (exit {proc.returncode}); rerun to resume it")
             write_all()
     write_all()
 

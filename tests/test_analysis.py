@@ -9,7 +9,7 @@ from conftest import run_cli
 from safetensors.torch import load_file
 
 from mirroralign.analysis.metrics import all_metrics
-from mirroralign.analysis.probe import chance_recall, probe_scores, recall_at_1
+from mirroralign.analysis.probe import chance_recall, probe_scores, recall_at_1, shared_space, train_probe
 from mirroralign.analysis.run import (WINDOWS_PER_EPISODE, agent_steps, episode_representations, execution_run,
                                       initialized, over_training, split_episodes, time_aligned_representations,
                                       time_aligned_scores)
@@ -146,6 +146,33 @@ def test_time_aligned_scores_need_the_very_pair():
     scores = time_aligned_scores(train_u, train_episode, test_u, episode_only, torch.arange(40) // 4, window=8)
     assert scores["r1_u2e"] < 0.3
 
+
+
+def test_a_probe_with_one_positive_per_pair_equals_the_one_given_those_groups():
+    """groups None is the CLIP loss: the same maps as groups that pair each row with itself alone."""
+    g = torch.Generator().manual_seed(2)
+    u, e = torch.randn(50, 6, generator=g), torch.randn(50, 5, generator=g)
+    a = train_probe(u, e, None, dim=4, steps=20)
+    b = train_probe(u, e, torch.arange(50), dim=4, steps=20)
+    for x, y in zip(a.maps.parameters(), b.maps.parameters()):
+        torch.testing.assert_close(x, y)
+
+
+def test_a_mini_batched_probe_draws_its_batches_and_still_finds_a_planted_relation():
+    """batch_size < N trains on drawn subsets (other maps than full batch, the same on a rerun) and still recovers a
+    one-to-one linear relation; batch_size >= N is full batch exactly."""
+    g = torch.Generator().manual_seed(3)
+    W = torch.randn(12, 10, generator=g)
+    u, test_u = torch.randn(400, 12, generator=g), torch.randn(60, 12, generator=g)
+    full = train_probe(u, u @ W, None, dim=16, steps=150)
+    batched, again = (train_probe(u, u @ W, None, dim=16, steps=150, batch_size=64) for _ in range(2))
+    as_full = train_probe(u, u @ W, None, dim=16, steps=150, batch_size=400)
+    first = lambda probe: next(probe.maps.parameters())  # noqa: E731
+    assert not torch.allclose(first(full), first(batched))
+    torch.testing.assert_close(first(batched), first(again))
+    torch.testing.assert_close(first(full), first(as_full))
+    a, b = shared_space(batched, test_u, test_u @ W)
+    assert recall_at_1(a, b, torch.arange(60)) > 0.9
 
 @pytest.mark.parametrize("runs", [["mirror", "mirror"], ["dataset"]])
 def test_analyze_rejects_wrong_runs(mirror_run, tiny_dataset, tmp_path, runs):

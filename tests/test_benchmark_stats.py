@@ -77,10 +77,12 @@ def _seed(seed, baseline: dict, mirror: dict) -> dict:
             "chance_all", "mutual_knn", "cka", "cknna",
             *[f"{p}{s}_r1_{w}" for p in ("probe", "probe_blind", "probe_time") for s in ("", "_step0")
               for w in ("u2e", "e2u")]}
+    from mirror_fine import seed_of
+
     fill = {k: 10.0 for k in keys} | {"chance_per_task": 22.0}
-    return {"seed": seed, "seconds": 1800.0,
-            "machine": {"cpus": 2, "platform": "test", "mirroralign_commit": "abc1234"},
-            "baseline": fill | baseline, "mirror": fill | mirror}
+    machine = {"cpus": 2, "platform": "test", "mirroralign_commit": "abc1234"}
+    return seed_of({arm: {"seed": seed, "arm": arm, "seconds": 900.0, "machine": machine, "runs": [f"runs/{arm}"],
+                          "values": fill | values} for arm, values in (("baseline", baseline), ("mirror", mirror))})
 
 
 def test_mirror_fine_pairs_by_seed_corrects_with_holm_and_checks_the_gates():
@@ -96,6 +98,8 @@ def test_mirror_fine_pairs_by_seed_corrects_with_holm_and_checks_the_gates():
             for i, (s, t, h) in enumerate(zip(success, train, held))]
     results, table = summarise(done, list(range(4)))  # these four were all the seeds planned
     assert results["seeds"] == [0, 1, 2, 3] and results["complete"] and results["seed_commits"] == ["abc1234"]
+    assert results["seconds_per_seed"][0] | {"platform": None} == {  # a seed's cost: its two arm jobs together
+        "seed": 0, "seconds": 1800.0, "arm_seconds": {"baseline": 900.0, "mirror": 900.0}, "cpus": 2, "platform": None}
     assert results["metrics"]["success"] == {"baseline": [40, 50, 45, 42], "mirror": [43.0, 53.5, 47.5, 45.0]}
     c = results["comparison"]
     diffs = {k: [m - b for b, m in pairs] for k, pairs in zip(PRIMARY, (success, train, held))}
@@ -128,6 +132,9 @@ def test_seed_results_round_trip_and_refuse_other_settings(tmp_path):
     assert SeedResults("x", {"preset": "fine"}, folder=tmp_path / "seeds").get(3) == {"success": 41.5}
     with pytest.raises(SystemExit, match="other settings"):  # never mixed into another design's results
         SeedResults("x", {"preset": "standard"}, folder=tmp_path / "seeds").get(3)
+    stored.put(3, {"success": 40.0}, part="mirror")  # a part of a seed that runs on its own: a file of its own
+    assert stored.get(3, "mirror") == {"success": 40.0} and stored.get(3) == {"success": 41.5}
+    assert stored.get(3, "baseline") is None and (tmp_path / "seeds" / "seed-3.mirror.json").is_file()
     plain = SeedResults("y", folder=tmp_path / "plain")  # no settings: the file is the result itself
     plain.put(0, {"seed": 0})
     assert (tmp_path / "plain" / "seed-0.json").read_text().strip().startswith("{") and plain.get(0) == {"seed": 0}
@@ -141,5 +148,5 @@ def test_the_composed_seed_cost_is_checked_against_the_benchmarks_own_seeds():
     fine = {"seconds_per_seed": [{"seconds": 6000}, {"seconds": 6600}], "machine": {"cpus": 2}}
     line = seed_cost_check({"per_seed_after_s": {"total": 1860}}, fine)[0]
     # jobs of 100 and 110 min, two at a time: 52.5 min per seed; composed 31.0 min
-    assert "100-110 min wall" in line and "**52.5 min per seed**" in line and "(x1.69)" in line
+    assert "100-110 min wall together" in line and "**52.5 min per seed**" in line and "(x1.69)" in line
     assert seed_cost_check(None, fine) == [] and seed_cost_check({"per_seed_after_s": {"total": 1}}, None) == []

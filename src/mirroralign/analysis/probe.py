@@ -27,15 +27,20 @@ class Probe:
         return self.maps.project((u - self.mean_u) / self.std_u, (e - self.mean_e) / self.std_e)
 
 
-def train_probe(u: torch.Tensor, e: torch.Tensor, groups: torch.Tensor, dim: int = 256, temperature: float = 0.1,
-                steps: int = 300, lr: float = 1e-3, seed: int = 0) -> Probe:
-    """Full-batch training of two linear maps on frozen representations u [N, Du] and e [N, De]."""
+def train_probe(u: torch.Tensor, e: torch.Tensor, groups: torch.Tensor | None, dim: int = 256,
+                temperature: float = 0.1, steps: int = 300, lr: float = 1e-3, seed: int = 0,
+                batch_size: int | None = None) -> Probe:
+    """Two linear maps trained on frozen representations u [N, Du] and e [N, De]; `groups` None: each pair its own
+    positive. Full batch unless `batch_size` < N: then each step draws that many pairs (the loss is quadratic in
+    the batch, and the time-aligned probe has several pairs per episode)."""
     torch.manual_seed(seed)
     probe = Probe(Aligner(u.shape[1], e.shape[1], dim, temperature), u.mean(0), u.std(0) + 1e-6, e.mean(0),
                   e.std(0) + 1e-6)
     opt = torch.optim.Adam(probe.maps.parameters(), lr=lr)
+    draw, full = torch.Generator().manual_seed(seed), not batch_size or batch_size >= len(u)
     for _ in range(steps):
-        loss = info_nce(*probe.project(u, e), groups, temperature)
+        rows = slice(None) if full else torch.randperm(len(u), generator=draw)[:batch_size]
+        loss = info_nce(*probe.project(u[rows], e[rows]), None if groups is None else groups[rows], temperature)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -44,6 +44,7 @@ from mirroralign.train import CHECKPOINTS, CONDITION_PART, LoadedRun, build_mode
 STEPS_PER_EPISODE = 8  # the execution representation of an episode: the mean over this many evenly spaced steps
 WINDOWS_PER_EPISODE = 4  # the time-aligned probe's (step, clip window) pairs per episode
 TIME_WINDOW = 16  # its window (steps) when the understanding model was trained on whole episodes
+TIME_PROBE_BATCH = 1024  # pairs per step of the time-aligned probe (full batch is quadratic in 4 x train episodes)
 
 
 def agent_steps(ep: dict, ts: np.ndarray, blind: bool = False, task_dim: int = TEXT_DIM) -> dict:
@@ -182,13 +183,14 @@ def control_probes(runs, frames, train_eps, train_groups, test_eps, test_labels)
 def time_aligned_scores(train_u, train_e, test_u, test_e, test_episode, window: int) -> dict:
     """Probe trained with each (clip window, step) pair its own positive; Recall@1 of the very pair (episode and time
     window) both ways, of the right episode at any time, and their chance levels."""
-    probe = train_probe(train_u, train_e, torch.arange(len(train_u)))
+    probe = train_probe(train_u, train_e, None, batch_size=TIME_PROBE_BATCH)
     a, b = shared_space(probe, test_u, test_e)
     pair = torch.arange(len(test_u))
     return {"r1_u2e": recall_at_1(a, b, pair), "r1_e2u": recall_at_1(b, a, pair), "chance": 1 / len(test_u),
             "r1_episode_u2e": recall_at_1(a, b, test_episode), "r1_episode_e2u": recall_at_1(b, a, test_episode),
             "chance_episode": chance_recall(test_episode), "window": window,
-            "windows_per_episode": WINDOWS_PER_EPISODE, "n_train": len(train_u), "n_test": len(test_u)}
+            "windows_per_episode": WINDOWS_PER_EPISODE,
+            "batch_size": min(TIME_PROBE_BATCH, len(train_u)), "n_train": len(train_u), "n_test": len(test_u)}
 
 
 def analyze(run_dirs: list[str | Path], data: str | Path, out: str | Path, rollouts: str | Path | None = None,
