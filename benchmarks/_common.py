@@ -6,6 +6,8 @@ import json
 import os
 import platform
 import subprocess
+import sys
+import time
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
@@ -87,3 +89,23 @@ class SeedResults:
     def commits(results: list[dict]) -> list[str]:
         """The code that ran these seeds (each result holds the `machine()` of the process that measured it)."""
         return sorted({r["machine"]["mirroralign_commit"] for r in results})
+
+
+def run_parts(script: str, parts: list[tuple[int, str]], jobs: int, on_done=lambda: None) -> None:
+    """Each (seed, part) of a benchmark as a process of its own, `jobs` at a time with one torch thread each (on 2
+    cores two one-thread jobs do ~1.15x the training work of one two-thread job: seed_cost.py): `python SCRIPT` with
+    this process's own arguments and `--part-job SEED PART`, which the script answers by measuring that part and
+    keeping it in its SeedResults. `on_done` after each part; a failed part stops the loop (a rerun resumes it)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    todo, running = list(parts), []
+    while todo or running:
+        while todo and len(running) < jobs:
+            seed, part = todo.pop(0)
+            command = [sys.executable, script, *sys.argv[1:], "--part-job", str(seed), part]
+            running.append(((seed, part), subprocess.Popen(command, env=env)))
+        time.sleep(5)
+        for (seed, part), proc in [r for r in running if r[1].poll() is not None]:
+            running.remove(((seed, part), proc))
+            if proc.returncode != 0:
+                raise SystemExit(f"seed {seed} {part} failed (exit {proc.returncode}); rerun to resume it")
+            on_done()

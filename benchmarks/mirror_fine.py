@@ -9,21 +9,17 @@ Resumable: every run, evaluation and analysis is cached under ROOT by its config
 finished arm of a seed (baseline or mirror) leaves benchmarks/results/mirror_fine_seeds/seed-N.ARM.json (or in
 --seeds-dir), which is committed: an arm once finished is never rerun, even on a machine where ROOT (the dataset and
 the runs) has not survived. The arms run as separate processes, `--jobs` at a time (both arms of a seed at once),
-each with one torch thread (on 2 cores two one-thread jobs do ~1.15x the training work of one two-thread job and
-keep four simulator workers busy during rollouts: benchmarks/seed_cost.py).
+each with one torch thread (_common.run_parts).
 Results are rewritten after every seed: benchmarks/results/mirror_fine.{json,md}.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from _common import RESULTS, SeedResults, machine, write_results
+from _common import RESULTS, SeedResults, machine, run_parts, write_results
 from _mirror import analyzed, config_for, eval_dir, evaluated, trained
 
 from mirroralign.data.generate import generate
@@ -216,14 +212,14 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=2, help="arm jobs (a seed's baseline or mirror) run at once, one "
                                                        "torch thread each")
     p.add_argument("--seeds-dir", type=Path, default=RESULTS / "mirror_fine_seeds",  # committed: see SeedResults
-                   help="where each finished seed's JSON goes (and is looked for)")
+                   help="where each finished arm's JSON goes (and is looked for)")
     p.add_argument("--summarise", action="store_true", help="only rewrite the results from the finished seeds")
-    p.add_argument("--arm-job", nargs=2, metavar=("SEED", "ARM"), help=argparse.SUPPRESS)  # internal: one arm
+    p.add_argument("--part-job", nargs=2, metavar=("SEED", "ARM"), help=argparse.SUPPRESS)  # one arm: run_parts
     args = p.parse_args()
     data = args.data or args.root / "data-fine"
     finished = SeedResults("mirror_fine", folder=args.seeds_dir)
-    if args.arm_job is not None:
-        seed, name = int(args.arm_job[0]), args.arm_job[1]
+    if args.part_job is not None:
+        seed, name = int(args.part_job[0]), args.part_job[1]
         finished.put(seed, run_arm(seed, name, data, args.root), part=name)
         return
     todo = [] if args.summarise else [(s, a) for s in args.seeds for a in ARMS if finished.get(s, a) is None]
@@ -231,7 +227,6 @@ def main() -> None:
         generate(config_for(PRESET, 0, []), data)  # resumes; returns at once when the dataset is complete
         if EpisodeStore(data).verify():
             raise SystemExit(f"dataset {data} failed verification")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
     def write_all():  # always against the pre-registered seeds (and any extension): a subset is never "complete"
         planned = sorted(set(range(SEEDS)) | set(args.seeds))
@@ -240,21 +235,8 @@ def main() -> None:
         if done:
             write_results("mirror_fine", *summarise(done, planned))
 
-    running: list[tuple[tuple[int, str], subprocess.Popen]] = []
-    while todo or running:
-        while todo and len(running) < args.jobs:
-            job = todo.pop(0)
-            cmd = [sys.executable, __file__, "--arm-job", str(job[0]), job[1], "--data", str(data), "--root",
-                   str(args.root), "--seeds-dir", str(args.seeds_dir)]
-            running.append((job, subprocess.Popen(cmd, env=env)))
-        time.sleep(5)
-        for job, proc in [r for r in running if r[1].poll() is not None]:
-            running.remove((job, proc))
-            if proc.returncode != 0:
-                raise SystemExit(f"seed {job[0]} {job[1]} failed (exit {proc.returncode}); rerun to resume it")
-            write_all()
+    run_parts(__file__, todo, args.jobs, on_done=write_all)
     write_all()
-
 
 if __name__ == "__main__":
     main()

@@ -13,8 +13,9 @@ default mixed), each evaluated under four conditions on the same test scenes:
 
 Resumable and cached as mirror_effect.py (`_mirror.py`): every run under ROOT/runs named by a hash of its config
 (train resumes from its last checkpoint), every evaluation under ROOT/eval by run and condition, kept while it is of
-the run's latest checkpoint; a finished seed is kept in benchmarks/results/observe_then_do_seeds/seed-N.json
-(committed: never rerun). Results are rewritten after every seed: benchmarks/results/observe_then_do.{json,md}
+the run's latest checkpoint. Each arm of a seed is a job of its own, `--jobs` at a time (_common.run_parts), kept
+once finished in benchmarks/results/observe_then_do_seeds/seed-N.ARM.json (committed: never rerun). Results are
+rewritten after every job: benchmarks/results/observe_then_do.{json,md}
 (another preset than `fine` writes observe_then_do_<preset>.*, so a smoke check never replaces the benchmark), and
 the report of the first seed beside them.
 
@@ -30,7 +31,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from _common import RESULTS, SeedResults, machine, write_results
+from _common import RESULTS, SeedResults, machine, run_parts, write_results
 from _mirror import config_for, pct, seed_ci, signed_pct, trained
 
 from mirroralign.data.generate import generate
@@ -128,45 +129,53 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help="dataset (default: ROOT/data-PRESET, generated if missing)")
     parser.add_argument("--train-condition", default="mixed", choices=["video", "mixed"],
                         help="how the policies are trained to be told (mixed: text or video, half and half)")
+    parser.add_argument("--jobs", type=int, default=2, help="arms (a seed's independent or mirror) run at once, one "
+                                                           "torch thread each")
+    parser.add_argument("--part-job", nargs=2, metavar=("SEED", "ARM"), help=argparse.SUPPRESS)  # run_parts
     args = parser.parse_args()
     name = "observe_then_do" if args.preset == "fine" else f"observe_then_do_{args.preset}"
     data = args.data or args.root / f"data-{args.preset}"
     finished = SeedResults(name, {"preset": args.preset, "train_condition": args.train_condition})
-    if any(finished.get(s) is None for s in args.seeds):
+    if args.part_job is not None:
+        seed, arm = int(args.part_job[0]), args.part_job[1]
+        finished.put(seed, run_arm(arm, seed, args.preset, args.train_condition, data, args.root), part=arm)
+        return
+    todo = [(s, a) for s in args.seeds for a in ARMS if finished.get(s, a) is None]
+    if todo:
         generate(config_for(args.preset, 0, []), data)  # resumes; returns at once when the dataset is complete
         if EpisodeStore(data).verify():
             raise SystemExit(f"dataset {data} failed verification")
 
-    for i, seed in enumerate(args.seeds):
-        if finished.get(seed) is None:
-            result = run_seed(seed, args.preset, args.train_condition, data, args.root)
-            finished.put(seed, result | {"machine": machine()})
-        seeds = [finished.get(s) for s in args.seeds[: i + 1]]
-        per_seed = {arm: [s[arm] for s in seeds] for arm in ARMS}
-        report_to, first = RESULTS / f"{name}_report.html", [eval_dir(Path(seeds[0][arm]["run"]), args.root, c)
+    def write_all():
+        seeds = [{a: finished.get(s, a) for a in ARMS} for s in args.seeds]
+        done = [(s, arms) for s, arms in zip(args.seeds, seeds) if None not in arms.values()]
+        if not done:
+            return
+        per_seed = {arm: [arms[arm] for _, arms in done] for arm in ARMS}
+        report_to, first = RESULTS / f"{name}_report.html", [eval_dir(Path(per_seed[arm][0]["run"]), args.root, c)
                                                               for arm in ARMS for c in CONDITIONS]
-        if i == 0 and not report_to.is_file() and all(d.is_dir() for d in first):  # the first seed's, while they exist
+        if not report_to.is_file() and all(d.is_dir() for d in first):  # the first seed's, while they exist
             report(first, report_to)
         summary = summarise(per_seed)
         write_results(name, {
             "question": "does a shown demonstration clip work as well as the instruction, and does alignment make it "
                         "work better? (independent understand + execute pair vs mirror run, both policies trained "
                         f"with train.condition={args.train_condition})", "preset": args.preset,
-            "seeds": args.seeds[: i + 1], "seeds_planned": args.seeds, "complete": i + 1 == len(args.seeds),
+            "seeds": [s for s, _ in done], "seeds_planned": args.seeds, "complete": len(done) == len(args.seeds),
             "train_condition": args.train_condition, "data": str(data), "summary": summary,
-            "seed_commits": SeedResults.commits(seeds),
+            "seed_commits": SeedResults.commits([part for _, arms in done for part in arms.values()]),
             "per_seed": {arm: [{c: {k: v for k, v in s[c].items() if not k.startswith("_")} for c in CONDITIONS}
                                | {"run": s["run"]} for s in per_seed[arm]] for arm in ARMS}}, table(summary))
 
+    run_parts(__file__, todo, args.jobs, on_done=write_all)
+    write_all()
 
-def run_seed(seed: int, preset: str, train_condition: str, data: Path, root: Path) -> dict:
-    """Per arm, every condition's values on the test scenes and the run evaluated."""
-    out = {}
-    for arm in ARMS:
-        run = arm_runs(arm, preset, seed, train_condition, data, root)
-        out[arm] = {c: condition_values(conditioned(run, data, root, c)) for c in CONDITIONS} | {"run": str(run)}
-    return out
 
+def run_arm(arm: str, seed: int, preset: str, train_condition: str, data: Path, root: Path) -> dict:
+    """Every condition's values on the test scenes, the run evaluated, and the code that measured them."""
+    run = arm_runs(arm, preset, seed, train_condition, data, root)
+    return {c: condition_values(conditioned(run, data, root, c)) for c in CONDITIONS} | {"run": str(run),
+                                                                                         "machine": machine()}
 
 if __name__ == "__main__":
     main()

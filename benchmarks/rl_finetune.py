@@ -7,9 +7,10 @@ understand run of the same seed scoring), under the same interaction budget, eva
 
 Resumable and cached: the baseline runs and their evaluations are the ones of `_mirror.py` (shared with
 mirror_effect.py), each fine-tune lives under ROOT/finetune in a folder named by its settings and resumes from its
-last checkpoint, an evaluation with a metrics file is read back; a finished seed is kept in
-benchmarks/results/NAME_seeds/seed-N.json (committed: never rerun). Results: benchmarks/results/NAME.{json,md},
-rewritten after every seed.
+last checkpoint, an evaluation with a metrics file is read back. The baseline runs of a seed are made (or found)
+first; then each reward's fine-tune and evaluation is a job of its own, `--jobs` at a time (_common.run_parts),
+kept once finished in benchmarks/results/NAME_seeds/seed-N.REWARD.json (committed: never rerun). Results:
+benchmarks/results/NAME.{json,md}, rewritten after every job.
 
 Budget (an estimate from DESIGN.md s7's rendering cost, to be replaced by the measured wall time the results
 record): on `standard`, fine-tuning the six push and pick-place goal variants (the fine-grained ones the
@@ -29,7 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import SeedResults, machine, write_results
+from _common import SeedResults, machine, run_parts, write_results
 from _mirror import config_for, evaluated, pct, seed_ci, signed_pct, trained
 
 from mirroralign.data.generate import generate
@@ -94,49 +95,69 @@ def main() -> None:
     parser.add_argument("--variations", nargs="+", default=FINE_GRAINED, help="the variations fine-tuned on")
     parser.add_argument("--name", default="rl_finetune", help="results file name (a smoke run: another)")
     parser.add_argument("overrides", nargs="*", help="finetune.* / eval.* overrides of every fine-tune")
+    parser.add_argument("--jobs", type=int, default=2, help="fine-tunes (a seed's reward) run at once, one torch "
+                                                           "thread each")
+    parser.add_argument("--part-job", nargs=2, metavar=("SEED", "REWARD"), help=argparse.SUPPRESS)  # run_parts
     args = parser.parse_args()
     data = args.data or args.root / f"data-{args.preset}"
     overrides = [f"finetune.variations=[{','.join(args.variations)}]", *args.overrides]
     finished = SeedResults(args.name, {"preset": args.preset, "variations": args.variations, "overrides": overrides})
-    if any(finished.get(s) is None for s in args.seeds):
+    if args.part_job is not None:
+        seed, reward = int(args.part_job[0]), args.part_job[1]
+        part = run_reward(seed, reward, data, args.root, args.preset, args.variations, overrides)
+        finished.put(seed, part | {"machine": machine()}, part=reward)
+        return
+    todo = [(s, r) for s in args.seeds for r in REWARDS if finished.get(s, r) is None]
+    if todo:
         generate(config_for(args.preset, 0, []), data)  # resumes; returns at once when the dataset is complete
         if EpisodeStore(data).verify():
             raise SystemExit(f"dataset {data} failed verification")
-    for i, seed in enumerate(args.seeds):
-        if finished.get(seed) is None:
-            finished.put(seed, run_seed(seed, data, args.root, args.preset, args.variations, overrides)
-                         | {"machine": machine()})
-        per_seed = [finished.get(s) for s in args.seeds[: i + 1]]
-        rewards = {reward: {k: [s[reward][k] for s in per_seed] for k in per_seed[0][reward]} for reward in REWARDS}
+    for seed in sorted({s for s, _ in todo}):  # what both rewards of a seed start from, once, before they run at once
+        baseline(seed, data, args.root, args.preset)
+
+    def write_all():
+        per_seed = [{r: finished.get(s, r) for r in REWARDS} for s in args.seeds]
+        per_seed = [s for s in per_seed if None not in s.values()]
+        if not per_seed:
+            return
+        values = lambda r, k: [s[r][k] for s in per_seed]  # noqa: E731
+        rewards = {r: {k: values(r, k) for k in per_seed[0][r] if k != "machine"} for r in REWARDS}
         out = {"question": "RL fine-tuning with the oracle success reward vs the understanding model's score, same "
                            "interaction budget, on the test scenes", "preset": args.preset,
-               "seeds": args.seeds[: i + 1], "seeds_planned": args.seeds, "complete": i + 1 == len(args.seeds),
+               "seeds": [s[REWARDS[0]]["seed"] for s in per_seed], "seeds_planned": args.seeds,
+               "complete": len(per_seed) == len(args.seeds),
                "variations": args.variations, "overrides": overrides, "data": str(data),
-               "seed_commits": SeedResults.commits(per_seed),
-               "rewards": {reward: {**{k: v for k, v in r.items() if not k.startswith("auc_")},
+               "seed_commits": SeedResults.commits([part for s in per_seed for part in s.values()]),
+               "rewards": {reward: {**{k: v for k, v in r.items() if not k.startswith("auc_") and k != "seed"},
                                     "auc": {"before": r["auc_before"], "after": r["auc_after"]}}
                            for reward, r in rewards.items()}}
         write_results(args.name, out, table(out))
 
+    run_parts(__file__, todo, args.jobs, on_done=write_all)
+    write_all()
 
-def run_seed(seed: int, data: Path, root: Path, preset: str, variations: list[str], overrides: list[str]) -> dict:
-    """Per reward: success before and after (in percent, on the fine-tuned variations and on all) and the
-    fine-tune's summary."""
+
+def baseline(seed: int, data: Path, root: Path, preset: str) -> tuple[Path, Path, dict]:
+    """The baseline execute run, the understand run that scores for it, and the execute run's evaluation."""
     config = config_for(preset, seed, [])
     execute, understand = trained(config, "execute", data, root), trained(config, "understand", data, root)
-    before = evaluated(execute, data, root)
-    out = {}
-    for reward in REWARDS:
-        t0 = time.perf_counter()
-        ft = finetuned(execute, understand, reward, data, root, preset, overrides)
-        after = evaluated(ft, data, root)
-        out[reward] = {"before": 100 * success_on(before, variations), "after": 100 * success_on(after, variations),
-                       "before_all": 100 * success_on(before, None), "after_all": 100 * success_on(after, None),
-                       **run_summary(ft)}
-        print(f"seed {seed} {reward}: success {out[reward]['before']:.1f} -> {out[reward]['after']:.1f} % "
-              f"({time.perf_counter() - t0:.0f} s this call)")
-    return out
+    return execute, understand, evaluated(execute, data, root)
 
+
+def run_reward(seed: int, reward: str, data: Path, root: Path, preset: str, variations: list[str],
+               overrides: list[str]) -> dict:
+    """Success before and after fine-tuning with one reward (in percent, on the fine-tuned variations and on all)
+    and the fine-tune's summary."""
+    execute, understand, before = baseline(seed, data, root, preset)
+    t0 = time.perf_counter()
+    ft = finetuned(execute, understand, reward, data, root, preset, overrides)
+    after = evaluated(ft, data, root)
+    out = {"seed": seed, "before": 100 * success_on(before, variations), "after": 100 * success_on(after, variations),
+           "before_all": 100 * success_on(before, None), "after_all": 100 * success_on(after, None),
+           **run_summary(ft)}
+    print(f"seed {seed} {reward}: success {out['before']:.1f} -> {out['after']:.1f} % "
+          f"({time.perf_counter() - t0:.0f} s this call)")
+    return out
 
 if __name__ == "__main__":
     main()

@@ -1,6 +1,7 @@
 """The statistics behind BENCHMARKS.md's verdicts (benchmarks/_mirror.py, benchmarks/write_benchmarks_md.py):
 a wrong pairing or interval here would publish a wrong conclusion."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -150,3 +151,24 @@ def test_the_composed_seed_cost_is_checked_against_the_benchmarks_own_seeds():
     # jobs of 100 and 110 min, two at a time: 52.5 min per seed; composed 31.0 min
     assert "100-110 min wall together" in line and "**52.5 min per seed**" in line and "(x1.69)" in line
     assert seed_cost_check(None, fine) == [] and seed_cost_check({"per_seed_after_s": {"total": 1}}, None) == []
+
+
+def test_benchmark_parts_run_as_one_thread_processes_with_the_callers_arguments(tmp_path, monkeypatch):
+    """Real subprocesses: each part gets the caller's own arguments plus `--part-job SEED PART` and one torch thread;
+    `on_done` follows every part; a failed part stops the loop with its name."""
+    from _common import run_parts
+
+    script = tmp_path / "bench.py"
+    script.write_text("import json, os, sys\n"
+                      "seed, part = sys.argv[-2:]\n"
+                      "if part == 'bad':\n    sys.exit(3)\n"
+                      "out = os.path.join(os.path.dirname(__file__), f'{seed}-{part}.json')\n"
+                      "json.dump({'argv': sys.argv[1:], 'threads': os.environ['OMP_NUM_THREADS']}, open(out, 'w'))\n")
+    monkeypatch.setattr("sys.argv", ["bench.py", "--root", "R"])
+    done = []
+    run_parts(str(script), [(0, "baseline"), (0, "mirror"), (1, "baseline")], jobs=2, on_done=lambda: done.append(1))
+    assert len(done) == 3
+    assert json.loads((tmp_path / "1-baseline.json").read_text()) == {
+        "argv": ["--root", "R", "--part-job", "1", "baseline"], "threads": "1"}
+    with pytest.raises(SystemExit, match="seed 2 bad failed"):
+        run_parts(str(script), [(2, "bad")], jobs=1)
