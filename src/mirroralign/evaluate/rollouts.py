@@ -143,7 +143,8 @@ def run_rollouts(policy, store, config: Config, seed: int = 0, episodes: int | N
         slot.restart()
         if episode.attempts >= 3:
             raise SimulatorError(f"rollout of {store.variations[episode.variation].id} seed {episode.scene_seed} "
-                               f"crashed its worker 3 times")
+                               f"crashed its worker 3 times (died, or silent past eval.worker_timeout_s = "
+                               f"{v.worker_timeout_s:g} s: a starved machine can be that slow)")
         todo.appendleft(episode)
         assign(slot)
 
