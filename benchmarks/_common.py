@@ -85,6 +85,15 @@ class SeedResults:
         write_json_atomic(self.path(seed, part),
                           result if self.settings is None else {**result, "settings": self.settings})
 
+    def missing(self, seeds: list[int], parts: tuple[str, ...]) -> list[tuple[int, str]]:
+        """The (seed, part) pairs not finished yet, seed by seed."""
+        return [(s, part) for s in seeds for part in parts if self.get(s, part) is None]
+
+    def complete(self, seeds: list[int], parts: tuple[str, ...]) -> list[tuple[int, dict[str, dict]]]:
+        """(seed, {part: result}) of each seed whose every part is finished, in the order of `seeds`."""
+        found = [(s, {part: self.get(s, part) for part in parts}) for s in seeds]
+        return [(s, results) for s, results in found if None not in results.values()]
+
     @staticmethod
     def commits(results: list[dict]) -> list[str]:
         """The code that ran these seeds (each result holds the `machine()` of the process that measured it)."""

@@ -18,6 +18,8 @@ from safetensors.torch import load_file
 from mirroralign.analysis.probe import recall_at_1
 from mirroralign.analysis.run import analyze
 from mirroralign.config import Config, load_config
+from mirroralign.data.generate import generate
+from mirroralign.data.store import EpisodeStore
 from mirroralign.evaluate.run import evaluate
 from mirroralign.stats import mean_ci, paired_t, proportion_ci
 from mirroralign.train import train
@@ -28,6 +30,12 @@ UNSEEN_VIEW = "corner2"  # neither the observer camera (corner) nor an agent cam
 def config_for(preset: str, seed: int, overrides: list[str]) -> Config:
     return load_config(preset, overrides=[f"train.seed={seed}", *overrides])
 
+
+def generated(preset: str, data: Path) -> None:
+    """The preset's dataset at `data`: generated, or resumed (at once when complete), then verified."""
+    generate(config_for(preset, 0, []), data)
+    if EpisodeStore(data).verify():
+        raise SystemExit(f"dataset {data} failed verification")
 
 def config_key(config: Config, mode: str) -> str:
     text = json.dumps({"mode": mode, "config": config.to_dict()}, sort_keys=True)

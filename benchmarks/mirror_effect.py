@@ -16,10 +16,8 @@ import json
 from pathlib import Path
 
 from _common import RESULTS, write_results
-from _mirror import UNSEEN_VIEW, baseline_arm, compare, config_for, mirror_arm, pct, signed_pct
+from _mirror import UNSEEN_VIEW, baseline_arm, compare, config_for, generated, mirror_arm, pct, signed_pct
 
-from mirroralign.data.generate import generate
-from mirroralign.data.store import EpisodeStore
 from mirroralign.report import report
 
 ROWS = [("recognition", "recognition top-1, training view"),
@@ -60,9 +58,7 @@ def main() -> None:
                         help="render the seed-0 report again even if benchmarks/results has one (3 MB)")
     args = parser.parse_args()
     data = args.data or args.root / f"data-{args.preset}"
-    generate(config_for(args.preset, 0, []), data)  # resumes; returns at once when the dataset is complete
-    if EpisodeStore(data).verify():
-        raise SystemExit(f"dataset {data} failed verification")
+    generated(args.preset, data)
 
     baseline, mirror = [], []
     for i, seed in enumerate(args.seeds):

@@ -20,10 +20,8 @@ import time
 from pathlib import Path
 
 from _common import RESULTS, SeedResults, machine, run_parts, write_results
-from _mirror import analyzed, config_for, eval_dir, evaluated, trained
+from _mirror import analyzed, config_for, eval_dir, evaluated, generated, trained
 
-from mirroralign.data.generate import generate
-from mirroralign.data.store import EpisodeStore
 from mirroralign.stats import holm, paired_t
 
 PRESET = "fine"
@@ -222,16 +220,13 @@ def main() -> None:
         seed, name = int(args.part_job[0]), args.part_job[1]
         finished.put(seed, run_arm(seed, name, data, args.root), part=name)
         return
-    todo = [] if args.summarise else [(s, a) for s in args.seeds for a in ARMS if finished.get(s, a) is None]
+    todo = [] if args.summarise else finished.missing(args.seeds, ARMS)
     if todo:
-        generate(config_for(PRESET, 0, []), data)  # resumes; returns at once when the dataset is complete
-        if EpisodeStore(data).verify():
-            raise SystemExit(f"dataset {data} failed verification")
+        generated(PRESET, data)
 
     def write_all():  # always against the pre-registered seeds (and any extension): a subset is never "complete"
         planned = sorted(set(range(SEEDS)) | set(args.seeds))
-        arms = [{a: finished.get(s, a) for a in ARMS} for s in planned]
-        done = [seed_of(a) for a in arms if None not in a.values()]
+        done = [seed_of(arms) for _, arms in finished.complete(planned, ARMS)]
         if done:
             write_results("mirror_fine", *summarise(done, planned))
 

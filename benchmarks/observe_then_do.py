@@ -32,10 +32,8 @@ from pathlib import Path
 
 import numpy as np
 from _common import RESULTS, SeedResults, machine, run_parts, write_results
-from _mirror import config_for, pct, seed_ci, signed_pct, trained
+from _mirror import config_for, generated, pct, seed_ci, signed_pct, trained
 
-from mirroralign.data.generate import generate
-from mirroralign.data.store import EpisodeStore
 from mirroralign.evaluate.run import evaluate, is_evaluation_of
 from mirroralign.report import report
 
@@ -140,15 +138,12 @@ def main() -> None:
         seed, arm = int(args.part_job[0]), args.part_job[1]
         finished.put(seed, run_arm(arm, seed, args.preset, args.train_condition, data, args.root), part=arm)
         return
-    todo = [(s, a) for s in args.seeds for a in ARMS if finished.get(s, a) is None]
+    todo = finished.missing(args.seeds, ARMS)
     if todo:
-        generate(config_for(args.preset, 0, []), data)  # resumes; returns at once when the dataset is complete
-        if EpisodeStore(data).verify():
-            raise SystemExit(f"dataset {data} failed verification")
+        generated(args.preset, data)
 
     def write_all():
-        seeds = [{a: finished.get(s, a) for a in ARMS} for s in args.seeds]
-        done = [(s, arms) for s, arms in zip(args.seeds, seeds) if None not in arms.values()]
+        done = finished.complete(args.seeds, ARMS)
         if not done:
             return
         per_seed = {arm: [arms[arm] for _, arms in done] for arm in ARMS}

@@ -31,10 +31,8 @@ from pathlib import Path
 
 import numpy as np
 from _common import SeedResults, machine, run_parts, write_results
-from _mirror import config_for, evaluated, pct, seed_ci, signed_pct, trained
+from _mirror import config_for, evaluated, generated, pct, seed_ci, signed_pct, trained
 
-from mirroralign.data.generate import generate
-from mirroralign.data.store import EpisodeStore
 from mirroralign.finetune.run import finetune
 
 REWARDS = ("success", "understanding")
@@ -107,28 +105,26 @@ def main() -> None:
         part = run_reward(seed, reward, data, args.root, args.preset, args.variations, overrides)
         finished.put(seed, part | {"machine": machine()}, part=reward)
         return
-    todo = [(s, r) for s in args.seeds for r in REWARDS if finished.get(s, r) is None]
+    todo = finished.missing(args.seeds, REWARDS)
     if todo:
-        generate(config_for(args.preset, 0, []), data)  # resumes; returns at once when the dataset is complete
-        if EpisodeStore(data).verify():
-            raise SystemExit(f"dataset {data} failed verification")
+        generated(args.preset, data)
     for seed in sorted({s for s, _ in todo}):  # what both rewards of a seed start from, once, before they run at once
         baseline(seed, data, args.root, args.preset)
 
     def write_all():
-        per_seed = [{r: finished.get(s, r) for r in REWARDS} for s in args.seeds]
-        per_seed = [s for s in per_seed if None not in s.values()]
-        if not per_seed:
+        done = finished.complete(args.seeds, REWARDS)
+        if not done:
             return
+        per_seed = [rewards for _, rewards in done]
         values = lambda r, k: [s[r][k] for s in per_seed]  # noqa: E731
         rewards = {r: {k: values(r, k) for k in per_seed[0][r] if k != "machine"} for r in REWARDS}
         out = {"question": "RL fine-tuning with the oracle success reward vs the understanding model's score, same "
                            "interaction budget, on the test scenes", "preset": args.preset,
-               "seeds": [s[REWARDS[0]]["seed"] for s in per_seed], "seeds_planned": args.seeds,
+               "seeds": [s for s, _ in done], "seeds_planned": args.seeds,
                "complete": len(per_seed) == len(args.seeds),
                "variations": args.variations, "overrides": overrides, "data": str(data),
                "seed_commits": SeedResults.commits([part for s in per_seed for part in s.values()]),
-               "rewards": {reward: {**{k: v for k, v in r.items() if not k.startswith("auc_") and k != "seed"},
+               "rewards": {reward: {**{k: v for k, v in r.items() if not k.startswith("auc_")},
                                     "auc": {"before": r["auc_before"], "after": r["auc_after"]}}
                            for reward, r in rewards.items()}}
         write_results(args.name, out, table(out))
@@ -152,12 +148,13 @@ def run_reward(seed: int, reward: str, data: Path, root: Path, preset: str, vari
     t0 = time.perf_counter()
     ft = finetuned(execute, understand, reward, data, root, preset, overrides)
     after = evaluated(ft, data, root)
-    out = {"seed": seed, "before": 100 * success_on(before, variations), "after": 100 * success_on(after, variations),
+    out = {"before": 100 * success_on(before, variations), "after": 100 * success_on(after, variations),
            "before_all": 100 * success_on(before, None), "after_all": 100 * success_on(after, None),
            **run_summary(ft)}
     print(f"seed {seed} {reward}: success {out['before']:.1f} -> {out['after']:.1f} % "
           f"({time.perf_counter() - t0:.0f} s this call)")
     return out
+
 
 if __name__ == "__main__":
     main()

@@ -147,7 +147,6 @@ def test_time_aligned_scores_need_the_very_pair():
     assert scores["r1_u2e"] < 0.3
 
 
-
 def test_a_probe_with_one_positive_per_pair_equals_the_one_given_those_groups():
     """groups None is the CLIP loss: the same maps as groups that pair each row with itself alone."""
     g = torch.Generator().manual_seed(2)
@@ -173,6 +172,7 @@ def test_a_mini_batched_probe_draws_its_batches_and_still_finds_a_planted_relati
     torch.testing.assert_close(first(full), first(as_full))
     a, b = shared_space(batched, test_u, test_u @ W)
     assert recall_at_1(a, b, torch.arange(60)) > 0.9
+
 
 @pytest.mark.parametrize("runs", [["mirror", "mirror"], ["dataset"]])
 def test_analyze_rejects_wrong_runs(mirror_run, tiny_dataset, tmp_path, runs):

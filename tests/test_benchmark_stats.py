@@ -136,6 +136,11 @@ def test_seed_results_round_trip_and_refuse_other_settings(tmp_path):
     stored.put(3, {"success": 40.0}, part="mirror")  # a part of a seed that runs on its own: a file of its own
     assert stored.get(3, "mirror") == {"success": 40.0} and stored.get(3) == {"success": 41.5}
     assert stored.get(3, "baseline") is None and (tmp_path / "seeds" / "seed-3.mirror.json").is_file()
+    stored.put(4, {"success": 1.0}, part="baseline")
+    stored.put(4, {"success": 2.0}, part="mirror")
+    assert stored.missing([3, 4, 5], ("baseline", "mirror")) == [(3, "baseline"), (5, "baseline"), (5, "mirror")]
+    assert stored.complete([5, 4, 3], ("baseline", "mirror")) == [(4, {"baseline": {"success": 1.0},
+                                                                       "mirror": {"success": 2.0}})]
     plain = SeedResults("y", folder=tmp_path / "plain")  # no settings: the file is the result itself
     plain.put(0, {"seed": 0})
     assert (tmp_path / "plain" / "seed-0.json").read_text().strip().startswith("{") and plain.get(0) == {"seed": 0}
