@@ -37,6 +37,7 @@ def generated(preset: str, data: Path) -> None:
     if EpisodeStore(data).verify():
         raise SystemExit(f"dataset {data} failed verification")
 
+
 def config_key(config: Config, mode: str) -> str:
     text = json.dumps({"mode": mode, "config": config.to_dict()}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:10]

@@ -2,23 +2,22 @@
 of the baseline execute runs with the oracle `success` reward and the learned `understanding` reward (the baseline
 understand run of the same seed scoring), under the same interaction budget, evaluated on the test scenes.
 
-    python benchmarks/rl_finetune.py [--preset standard] [--seeds 0 1 2] [--root runs/benchmarks] [--data DIR]
+    python benchmarks/rl_finetune.py [--preset fine] [--seeds 0 1 2] [--root runs/benchmarks] [--data DIR]
                                      [--variations ID ...] [key=value ...]
 
 Resumable and cached: the baseline runs and their evaluations are the ones of `_mirror.py` (shared with
-mirror_effect.py), each fine-tune lives under ROOT/finetune in a folder named by its settings and resumes from its
-last checkpoint, an evaluation with a metrics file is read back. The baseline runs of a seed are made (or found)
-first; then each reward's fine-tune and evaluation is a job of its own, `--jobs` at a time (_common.run_parts),
-kept once finished in benchmarks/results/NAME_seeds/seed-N.REWARD.json (committed: never rerun). Results:
-benchmarks/results/NAME.{json,md}, rewritten after every job.
+mirror_fine.py and mirror_effect.py), each fine-tune lives under ROOT/finetune in a folder named by its settings and
+resumes from its last checkpoint, an evaluation with a metrics file is read back. The baseline runs of a seed are
+made (or found) first; then each reward's fine-tune and evaluation is a job of its own, `--jobs` at a time
+(_common.run_parts), kept once finished in benchmarks/results/NAME_seeds/seed-N.REWARD.json (committed: never
+rerun). Results: benchmarks/results/NAME.{json,md} (rl_finetune on `fine`, the benchmark; rl_finetune_PRESET on
+another preset, so a smoke check never replaces it), rewritten after every job.
 
-Budget (an estimate from DESIGN.md s7's rendering cost, to be replaced by the measured wall time the results
-record): on `standard`, fine-tuning the six push and pick-place goal variants (the fine-grained ones the
-instruction must disambiguate, and off the success ceiling), 12 iterations x 4 episodes per variation = 288
-episodes (~60k env steps) per fine-tune, ~20 minutes; 2 rewards x 3 seeds = 6 fine-tunes ~2 hours, their 6
-evaluations (120 test rollouts each) ~40 minutes, and the baseline runs ~70 minutes unless mirror_effect.py has
-cached them: about 4 hours on 2 cores. Success is reported on the fine-tuned variations (the endpoint) and over
-all of them.
+The variations fine-tuned on (FINE_GRAINED, per suite) are six goal variants the instruction must disambiguate,
+off the success floor; success is reported on them (the endpoint) and over all variations. Budget: 12 iterations x 4
+episodes per variation = 288 episodes per fine-tune. On `fine`, run with mirror_fine.py's ROOT and dataset, a
+seed's baseline execute and understand runs and the execute run's evaluation are mirror_fine's own, so a seed
+costs its two fine-tunes and their two evaluations (189 test rollouts each); the wall time each took is recorded.
 """
 
 from __future__ import annotations
@@ -36,7 +35,13 @@ from _mirror import config_for, evaluated, generated, pct, seed_ci, signed_pct, 
 from mirroralign.finetune.run import finetune
 
 REWARDS = ("success", "understanding")
-FINE_GRAINED = ["push-left", "push-center", "push-right", "pick-place-left", "pick-place-center", "pick-place-right"]
+# The variations fine-tuned on, per suite: goal variants the instruction must disambiguate, off the success floor.
+# mirror-fine's pick-place is at 0 % (fine calibration, its own dataset: no success to learn from), so its
+# push-wall goals stand in for mirror10's pick-place ones; 6 variations on both, the same budget in episodes.
+FINE_GRAINED = {"mirror10": ["push-left", "push-center", "push-right",
+                             "pick-place-left", "pick-place-center", "pick-place-right"],
+                "mirror-fine": ["push-left", "push-center", "push-right",
+                                "push-wall-left", "push-wall-center", "push-wall-right"]}
 
 
 def finetuned(execute: Path, understand: Path, reward: str, data: Path, root: Path, preset: str,
@@ -86,18 +91,21 @@ def table(results: dict) -> list[tuple[str, str, str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="standard")
+    parser.add_argument("--preset", default="fine")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--root", type=Path, default=Path("runs/benchmarks"))
     parser.add_argument("--data", type=Path, help="dataset (default: ROOT/data-PRESET, generated if missing)")
-    parser.add_argument("--variations", nargs="+", default=FINE_GRAINED, help="the variations fine-tuned on")
-    parser.add_argument("--name", default="rl_finetune", help="results file name (a smoke run: another)")
+    parser.add_argument("--variations", nargs="+", help="the variations fine-tuned on (default: the suite's "
+                                                        "FINE_GRAINED)")
+    parser.add_argument("--name", help="results file name (default: rl_finetune on `fine`, else rl_finetune_PRESET)")
     parser.add_argument("overrides", nargs="*", help="finetune.* / eval.* overrides of every fine-tune")
     parser.add_argument("--jobs", type=int, default=2, help="fine-tunes (a seed's reward) run at once, one torch "
                                                            "thread each")
     parser.add_argument("--part-job", nargs=2, metavar=("SEED", "REWARD"), help=argparse.SUPPRESS)  # run_parts
     args = parser.parse_args()
     data = args.data or args.root / f"data-{args.preset}"
+    args.name = args.name or ("rl_finetune" if args.preset == "fine" else f"rl_finetune_{args.preset}")
+    args.variations = args.variations or FINE_GRAINED[config_for(args.preset, 0, []).data.suite]
     overrides = [f"finetune.variations=[{','.join(args.variations)}]", *args.overrides]
     finished = SeedResults(args.name, {"preset": args.preset, "variations": args.variations, "overrides": overrides})
     if args.part_job is not None:
@@ -113,24 +121,27 @@ def main() -> None:
 
     def write_all():
         done = finished.complete(args.seeds, REWARDS)
-        if not done:
-            return
-        per_seed = [rewards for _, rewards in done]
-        values = lambda r, k: [s[r][k] for s in per_seed]  # noqa: E731
-        rewards = {r: {k: values(r, k) for k in per_seed[0][r] if k != "machine"} for r in REWARDS}
-        out = {"question": "RL fine-tuning with the oracle success reward vs the understanding model's score, same "
-                           "interaction budget, on the test scenes", "preset": args.preset,
-               "seeds": [s for s, _ in done], "seeds_planned": args.seeds,
-               "complete": len(per_seed) == len(args.seeds),
-               "variations": args.variations, "overrides": overrides, "data": str(data),
-               "seed_commits": SeedResults.commits([part for s in per_seed for part in s.values()]),
-               "rewards": {reward: {**{k: v for k, v in r.items() if not k.startswith("auc_")},
-                                    "auc": {"before": r["auc_before"], "after": r["auc_after"]}}
-                           for reward, r in rewards.items()}}
-        write_results(args.name, out, table(out))
+        if done:
+            out = summarise(done, args.seeds) | {"preset": args.preset, "variations": args.variations,
+                                                 "overrides": overrides, "data": str(data)}
+            write_results(args.name, out, table(out))
 
     run_parts(__file__, todo, args.jobs, on_done=write_all)
     write_all()
+
+
+def summarise(done: list[tuple[int, dict]], seeds_planned: list[int]) -> dict:
+    """The finished seeds' parts [(seed, {reward: part})] as the results' per-reward lists, in the order of seeds."""
+    per_seed = [rewards for _, rewards in done]
+    values = lambda r, k: [s[r][k] for s in per_seed]  # noqa: E731
+    rewards = {r: {k: values(r, k) for k in per_seed[0][r] if k != "machine"} for r in REWARDS}
+    return {"question": "RL fine-tuning with the oracle success reward vs the understanding model's score, same "
+                        "interaction budget, on the test scenes",
+            "seeds": [s for s, _ in done], "seeds_planned": seeds_planned, "complete": len(done) == len(seeds_planned),
+            "seed_commits": SeedResults.commits([part for s in per_seed for part in s.values()]),
+            "rewards": {reward: {**{k: v for k, v in r.items() if not k.startswith("auc_")},
+                                 "auc": {"before": r["auc_before"], "after": r["auc_after"]}}
+                        for reward, r in rewards.items()}}
 
 
 def baseline(seed: int, data: Path, root: Path, preset: str) -> tuple[Path, Path, dict]:

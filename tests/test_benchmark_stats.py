@@ -177,3 +177,34 @@ def test_benchmark_parts_run_as_one_thread_processes_with_the_callers_arguments(
         "argv": ["--root", "R", "--part-job", "1", "baseline"], "threads": "1"}
     with pytest.raises(SystemExit, match="seed 2 bad failed"):
         run_parts(str(script), [(2, "bad")], jobs=1)
+
+
+def test_rl_finetune_results_pair_before_and_after_by_seed_and_reach_benchmarks_md(tmp_path, monkeypatch):
+    import _common
+    import write_benchmarks_md
+    from rl_finetune import summarise, table
+
+    def part(before, after, auc_before, auc_after, hacked):
+        return {"before": before, "after": after, "before_all": 20.0, "after_all": 20.0, "episodes": 288,
+                "env_steps": 60000, "wall_s": 1200.0, "auc_before": auc_before, "auc_after": auc_after,
+                "reward_hacking_flagged": hacked, "machine": {"mirroralign_commit": "abc1234"}}
+
+    done = [(2, {"success": part(10.0, 20.0, None, None, False), "understanding": part(10.0, 5.0, 0.7, 0.5, True)}),
+            (3, {"success": part(30.0, 42.0, None, None, False), "understanding": part(30.0, 27.0, 0.8, 0.6, True)})]
+    out = summarise(done, [2, 3, 4]) | {"preset": "fine", "variations": ["push-left"], "overrides": [], "data": "D"}
+    assert out["seeds"] == [2, 3] and not out["complete"] and out["seed_commits"] == ["abc1234"]
+    assert out["rewards"]["success"]["after"] == [20.0, 42.0]  # in the order of seeds
+    assert out["rewards"]["understanding"]["auc"] == {"before": [0.7, 0.8], "after": [0.5, 0.6]}
+    rows = {metric: (value, note) for metric, value, note in table(out)}
+    # success: +10 and +12 points, mean +11, t(1) CI 11 +- 12.706 * 1 / sqrt(2) * sqrt(2) = [-1.7, +23.7]
+    assert rows["success: success, fine-tuned variations"][1].startswith("after - before +11.0 [-1.7, +23.7]")
+    assert rows["understanding: reward ROC-AUC vs true success"][0] == "0.75 -> 0.55"
+    assert "reward rose while AUC fell on 2 of 2 seeds" in rows["understanding: reward ROC-AUC vs true success"][1]
+    monkeypatch.setattr(_common, "RESULTS", tmp_path)
+    monkeypatch.setattr(write_benchmarks_md, "RESULTS", tmp_path)
+    _common.write_results("rl_finetune", out, table(out))
+    section = "\n".join(write_benchmarks_md.rl_section(write_benchmarks_md.load("rl_finetune")))
+    assert "**PARTIAL: 2 of 3 seeds**" in section and "288 episodes (60000 env steps) and 20 min" in section
+    assert "| success: success, fine-tuned variations | " in section
+    assert section.count("MUJOCO_GL=") == 1  # the machine once, in the status line, not again as the table's footer
+    assert write_benchmarks_md.rl_section(None)[-2].startswith("_Not run yet_")
