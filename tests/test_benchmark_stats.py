@@ -208,3 +208,19 @@ def test_rl_finetune_results_pair_before_and_after_by_seed_and_reach_benchmarks_
     assert "| success: success, fine-tuned variations | " in section
     assert section.count("MUJOCO_GL=") == 1  # the machine once, in the status line, not again as the table's footer
     assert write_benchmarks_md.rl_section(None)[-2].startswith("_Not run yet_")
+
+
+def test_the_calibration_outcome_checks_the_benchmarks_own_baselines_against_the_targets():
+    from write_benchmarks_md import calibration_outcome
+
+    calibration = {"attempts": [{"recognition_per_task_heldout": 0.30, "candidate_held_out_bands": {
+        "b": {"per_task": 0.33, "all": 0.1}}}, {"recognition_per_task_heldout": 0.31}]}
+    fine = {"seeds": [0, 1], "metrics": {"chance_per_task": {"baseline": [20.0, 20.0]},
+                                         "recognition_per_task_train": {"baseline": [50.0, 54.0]},
+                                         "recognition_per_task_heldout": {"baseline": [60.0, 62.0]},
+                                         "success": {"baseline": [24.0, 27.0]}}}
+    text = calibration_outcome(calibration, fine)[0]
+    assert "`train` views 52.0 % (target 40-85 %: met)" in text
+    assert "61.0 % = 3.05x chance (target 3x = 60.0 %: met)" in text  # the gate follows the figures, never fixed
+    assert "success 25.5 % (target 25-75 %: met)" in text and "the best reached 33.0 % (1.65x chance)" in text
+    assert calibration_outcome(calibration, None) == []
