@@ -14,10 +14,11 @@ rerun). Results: benchmarks/results/NAME.{json,md} (rl_finetune on `fine`, the b
 another preset, so a smoke check never replaces it), rewritten after every job.
 
 The variations fine-tuned on (FINE_GRAINED, per suite) are six goal variants the instruction must disambiguate,
-off the success floor; success is reported on them (the endpoint) and over all variations. Budget: 12 iterations x 4
-episodes per variation = 288 episodes per fine-tune. On `fine`, run with mirror_fine.py's ROOT and dataset, a
-seed's baseline execute and understand runs and the execute run's evaluation are mirror_fine's own, so a seed
-costs its two fine-tunes and their two evaluations (189 test rollouts each); the wall time each took is recorded.
+off the success floor. The endpoint is success on them, before and after, on `--episodes` (10) test scenes each: 60
+rollouts per policy, not the 189 of an evaluation of every variation, which --all-variations adds (what fine-tuning
+on six does to the others). Budget: 12 iterations x 4 episodes per variation = 288 episodes per fine-tune. On
+`fine`, run with mirror_fine.py's ROOT and dataset, a seed's baseline execute and understand runs are mirror_fine's
+own, so a seed costs its two fine-tunes and three endpoint evaluations; the wall time each took is recorded.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import numpy as np
 from _common import SeedResults, machine, run_parts, write_results
 from _mirror import config_for, evaluated, generated, pct, seed_ci, signed_pct, trained
 
+from mirroralign.evaluate.run import evaluate, is_evaluation_of
 from mirroralign.finetune.run import finetune
 
 REWARDS = ("success", "understanding")
@@ -52,10 +54,13 @@ def finetuned(execute: Path, understand: Path, reward: str, data: Path, root: Pa
                     preset=preset, overrides=overrides)
 
 
-def success_on(metrics: dict, variations: list[str] | None) -> float:
-    """Success rate over the episodes of `variations` (all when None), from an evaluation's metrics."""
-    episodes = [e for e in metrics["rollouts"]["episodes"] if variations is None or e["variation_id"] in variations]
-    return float(np.mean([e["success"] for e in episodes]))
+def evaluated_on(run: Path, data: Path, root: Path, variations: list[str], episodes: int) -> dict:
+    """The endpoint's evaluation: `episodes` test scenes of each fine-tuned variation (cached as `_mirror`'s)."""
+    key = hashlib.sha256(json.dumps([variations, episodes]).encode()).hexdigest()[:10]
+    out = root / "eval" / f"{run.name}-rl-{key}"
+    if not is_evaluation_of(out, run):
+        evaluate(run, data, out, episodes=episodes, variations=variations, progress=False)
+    return json.loads((out / "metrics.json").read_text())
 
 
 def run_summary(run: Path) -> dict:
@@ -71,8 +76,8 @@ def run_summary(run: Path) -> dict:
 def table(results: dict) -> list[tuple[str, str, str]]:
     rows = []
     for reward, r in results["rewards"].items():
-        for scope, before, after in (("fine-tuned variations", "before", "after"),
-                                     ("all variations", "before_all", "after_all")):
+        scopes = [("fine-tuned variations", "before", "after"), ("all variations", "before_all", "after_all")]
+        for scope, before, after in scopes[:1 + ("after_all" in r)]:
             b, a = np.array(r[before]) / 100, np.array(r[after]) / 100
             diff = seed_ci(a - b)
             verdict = ("improves" if diff["low"] is not None and diff["low"] > 0 else
@@ -97,6 +102,10 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help="dataset (default: ROOT/data-PRESET, generated if missing)")
     parser.add_argument("--variations", nargs="+", help="the variations fine-tuned on (default: the suite's "
                                                         "FINE_GRAINED)")
+    parser.add_argument("--episodes", type=int, default=10, help="test scenes per fine-tuned variation, before and "
+                                                                  "after (the endpoint)")
+    parser.add_argument("--all-variations", action="store_true", help="also evaluate each fine-tuned policy on "
+                        "every variation (what fine-tuning on six does to the others; 189 more rollouts on fine)")
     parser.add_argument("--name", help="results file name (default: rl_finetune on `fine`, else rl_finetune_PRESET)")
     parser.add_argument("overrides", nargs="*", help="finetune.* / eval.* overrides of every fine-tune")
     parser.add_argument("--jobs", type=int, default=2, help="fine-tunes (a seed's reward) run at once, one torch "
@@ -107,23 +116,28 @@ def main() -> None:
     args.name = args.name or ("rl_finetune" if args.preset == "fine" else f"rl_finetune_{args.preset}")
     args.variations = args.variations or FINE_GRAINED[config_for(args.preset, 0, []).data.suite]
     overrides = [f"finetune.variations=[{','.join(args.variations)}]", *args.overrides]
-    finished = SeedResults(args.name, {"preset": args.preset, "variations": args.variations, "overrides": overrides})
+    finished = SeedResults(args.name, {"preset": args.preset, "variations": args.variations, "overrides": overrides,
+                                       "episodes": args.episodes, "all_variations": args.all_variations})
     if args.part_job is not None:
         seed, reward = int(args.part_job[0]), args.part_job[1]
-        part = run_reward(seed, reward, data, args.root, args.preset, args.variations, overrides)
+        part = run_reward(seed, reward, data, args, overrides)
         finished.put(seed, part | {"machine": machine()}, part=reward)
         return
     todo = finished.missing(args.seeds, REWARDS)
     if todo:
         generated(args.preset, data)
     for seed in sorted({s for s, _ in todo}):  # what both rewards of a seed start from, once, before they run at once
-        baseline(seed, data, args.root, args.preset)
+        execute, _ = baseline(seed, data, args.root, args.preset)
+        evaluated_on(execute, data, args.root, args.variations, args.episodes)
+        if args.all_variations:
+            evaluated(execute, data, args.root)
 
     def write_all():
         done = finished.complete(args.seeds, REWARDS)
         if done:
             out = summarise(done, args.seeds) | {"preset": args.preset, "variations": args.variations,
-                                                 "overrides": overrides, "data": str(data)}
+                                                 "episodes_per_variation": args.episodes, "overrides": overrides,
+                                                 "data": str(data)}
             write_results(args.name, out, table(out))
 
     run_parts(__file__, todo, args.jobs, on_done=write_all)
@@ -144,24 +158,26 @@ def summarise(done: list[tuple[int, dict]], seeds_planned: list[int]) -> dict:
                         for reward, r in rewards.items()}}
 
 
-def baseline(seed: int, data: Path, root: Path, preset: str) -> tuple[Path, Path, dict]:
-    """The baseline execute run, the understand run that scores for it, and the execute run's evaluation."""
+def baseline(seed: int, data: Path, root: Path, preset: str) -> tuple[Path, Path]:
+    """The baseline execute run and the understand run that scores for it."""
     config = config_for(preset, seed, [])
-    execute, understand = trained(config, "execute", data, root), trained(config, "understand", data, root)
-    return execute, understand, evaluated(execute, data, root)
+    return trained(config, "execute", data, root), trained(config, "understand", data, root)
 
 
-def run_reward(seed: int, reward: str, data: Path, root: Path, preset: str, variations: list[str],
-               overrides: list[str]) -> dict:
-    """Success before and after fine-tuning with one reward (in percent, on the fine-tuned variations and on all)
-    and the fine-tune's summary."""
-    execute, understand, before = baseline(seed, data, root, preset)
+def run_reward(seed: int, reward: str, data: Path, args: argparse.Namespace, overrides: list[str]) -> dict:
+    """Success before and after fine-tuning with one reward (in percent, on the fine-tuned variations; with
+    --all-variations on all of them too) and the fine-tune's summary."""
+    execute, understand = baseline(seed, data, args.root, args.preset)
     t0 = time.perf_counter()
-    ft = finetuned(execute, understand, reward, data, root, preset, overrides)
-    after = evaluated(ft, data, root)
-    out = {"before": 100 * success_on(before, variations), "after": 100 * success_on(after, variations),
-           "before_all": 100 * success_on(before, None), "after_all": 100 * success_on(after, None),
-           **run_summary(ft)}
+    ft = finetuned(execute, understand, reward, data, args.root, args.preset, overrides)
+    def success(metrics: dict) -> float:
+        return 100 * metrics["rollouts"]["success_rate"]
+
+    endpoint = [success(evaluated_on(run, data, args.root, args.variations, args.episodes)) for run in (execute, ft)]
+    out = {"before": endpoint[0], "after": endpoint[1], **run_summary(ft)}
+    if args.all_variations:
+        out |= {"before_all": success(evaluated(execute, data, args.root)),
+                "after_all": success(evaluated(ft, data, args.root))}
     print(f"seed {seed} {reward}: success {out['before']:.1f} -> {out['after']:.1f} % "
           f"({time.perf_counter() - t0:.0f} s this call)")
     return out

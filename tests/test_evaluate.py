@@ -12,12 +12,14 @@ from conftest import run_cli
 
 from mirroralign.config import load_config
 from mirroralign.data.datasets import to_chw, uniform_indices
+from mirroralign.data.generate import scene_seed
 from mirroralign.data.store import EpisodeStore
 from mirroralign.envs import make_env
 from mirroralign.evaluate import recognition  # its test_clips is not a test: imported by module
 from mirroralign.evaluate.recognition import per_task_top1, recognition_scores, replay_frames
 from mirroralign.errors import SimulatorError
 from mirroralign.evaluate.rollouts import run_rollouts
+from mirroralign.evaluate.run import evaluate
 from mirroralign.stats import proportion_ci
 from mirroralign.train import build_models, load_run
 
@@ -132,6 +134,19 @@ def test_evaluate_mirror_run_from_an_unseen_view(mirror_run, tiny_dataset, tmp_p
     assert sorted(sf["within_variation"]["per_group"]) == both and sf["within_variation"]["groups"] == len(both)
 
 
+def test_evaluate_rolls_out_only_the_variations_asked_on_the_same_test_scenes(mirror_run, tiny_dataset, tmp_path):
+    ids = [v.id for v in EpisodeStore(tiny_dataset).variations]
+    asked = [ids[3], ids[1]]  # out of order: rolled out in the suite's order
+    m = json.loads((evaluate(mirror_run, tiny_dataset, tmp_path / "some", episodes=2, progress=False,
+                             variations=asked) / "metrics.json").read_text())
+    ro, seed = m["rollouts"], EpisodeStore(tiny_dataset).config["data"]["seed"]
+    assert ro["variations_subset"] == [ids[1], ids[3]] and ro["n"] == 4 and sorted(ro["per_variation"]) == sorted(asked)
+    # the same test scenes a full evaluation rolls these variations out on
+    assert [(e["variation_id"], e["k"], e["scene_seed"]) for e in ro["episodes"]] == [
+        (v, k, scene_seed(seed, "test", k)) for v in (ids[1], ids[3]) for k in range(2)]
+    assert m["recognition"]["n"] == 6  # recognition still scores every test clip
+
+
 @pytest.mark.parametrize("fault", [signal.SIGKILL, signal.SIGSTOP], ids=["crash", "hang"])
 def test_rollouts_survive_a_worker_crash_or_hang(mirror_run, fault):
     loaded = load_run(mirror_run)
@@ -187,6 +202,7 @@ def test_an_episode_that_keeps_crashing_its_worker_is_a_simulator_error(mirror_r
 @pytest.mark.parametrize("args, needle", [
     (["--view", "eyeball"], "unknown camera"),
     (["--episodes", "0"], "--episodes"),
+    (["--variations", "reach-left-low", "fly-to-the-moon"], "--variations: fly-to-the-moon not in this dataset"),
 ])
 def test_evaluate_rejects_bad_input(mirror_run, tiny_dataset, tmp_path, args, needle):
     out = tmp_path / "eval"

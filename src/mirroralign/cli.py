@@ -152,7 +152,7 @@ def cmd_evaluate(args) -> int:
 
     out = evaluate(args.run, args.data, args.out, view=args.view, episodes=args.episodes, workers=args.workers,
                    rollouts=not args.no_rollouts, condition=args.condition, demo_split=args.demo_split,
-                   demo_view=args.demo_view)
+                   demo_view=args.demo_view, variations=args.variations)
     print(f"evaluation: {out / 'metrics.json'}")
     return 0
 
@@ -261,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--view", help="camera the clips are seen from (default: the dataset's observer camera)")
     p.add_argument("--episodes", type=int, help="rollout episodes per variation")
+    p.add_argument("--variations", nargs="+", metavar="ID", help="roll out only these variations (default: all; "
+                                                                 "recognition still scores every test clip)")
     p.add_argument("--no-rollouts", action="store_true", help="recognition only (e.g. from another --view)")
     p.add_argument("--workers", type=int, help="simulator worker processes")
     p.add_argument("--condition", default="text", choices=["text", "video", "sibling", "null"],

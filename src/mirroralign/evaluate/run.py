@@ -64,10 +64,23 @@ def is_evaluation_of(out: Path, run: Path) -> bool:
         return False
 
 
+def rolled_out(store, variations: list[str] | None) -> list[int]:
+    """The indices of the variations to roll out: all, or the named ones (in the suite's order)."""
+    if variations is None:
+        return list(range(len(store.variations)))
+    ids = [v.id for v in store.variations]
+    unknown = sorted(set(variations) - set(ids))
+    if unknown or not variations:
+        raise UsageError(f"--variations: {', '.join(unknown) or 'none given'} not in this dataset "
+                         f"({len(ids)} variations, e.g. {', '.join(ids[:3])})")
+    return [i for i, v in enumerate(ids) if v in variations]
+
+
 def evaluate(run: str | Path, data: str | Path, out: str | Path, view: str | None = None,
              episodes: int | None = None, workers: int | None = None, progress: bool = True,
              rollouts: bool = True, condition: str = "text", demo_split: str | None = None,
-             demo_view: str | None = None) -> Path:
+             demo_view: str | None = None, variations: list[str] | None = None) -> Path:
+    """`variations`: roll out only these variation ids (recognition still scores every test clip)."""
     loaded = load_run(run)
     try:
         store = EpisodeStore(data)
@@ -111,8 +124,8 @@ def evaluate(run: str | Path, data: str | Path, out: str | Path, view: str | Non
     if condition != "text" and not (rollouts and "execution" in loaded.models):
         raise UsageError(f"--condition {condition} tells a policy its task in rollouts: this evaluation has none")
     told_by_video = config.train.condition != "text"
-    plan = [(i, k, scene_seed(seed, "test", k)) for i in range(len(store.variations))
-            for k in range(episodes or config.eval.episodes)]
+    rolled = rolled_out(store, variations)
+    plan = [(i, k, scene_seed(seed, "test", k)) for i in rolled for k in range(episodes or config.eval.episodes)]
     conditioning = Conditioning(store, condition, loaded.models["execution"] if "execution" in loaded.models else None,
                                 conditioning_model(loaded.models) if told_by_video else None, plan, seed,
                                 config.model.understanding.frames, demo_split, demo_view)
@@ -133,11 +146,13 @@ def evaluate(run: str | Path, data: str | Path, out: str | Path, view: str | Non
     for name in OUTPUTS[1:]:
         shutil.rmtree(out / name, ignore_errors=True)
     if rollouts and "execution" in loaded.models:
-        told = {} if condition == "text" else {"plan": conditioning.plan, "act": conditioning.act_hook()}
+        told = {"plan": plan} if condition == "text" else {"plan": conditioning.plan, "act": conditioning.act_hook()}
         records, stats = run_rollouts(loaded.models["execution"], store, config, seed=seed, episodes=episodes,
                                       progress=progress, **told)
         conditioning.annotate(records)
-        metrics["rollouts"] = {**rollout_metrics(records, store), **stats}
+        metrics["rollouts"] = {**rollout_metrics(records, store), **stats,
+                               "variations_subset": None if variations is None else [store.variations[i].id
+                                                                                     for i in rolled]}
         if condition == "sibling":  # how often the rollout did what it was shown instead
             scored = [r["shown_success"] for r in records if r["shown_success"] is not None]
             ci = proportion_ci(scored) if scored else {"mean": None, "low": None, "high": None}
