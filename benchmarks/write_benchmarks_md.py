@@ -253,8 +253,9 @@ def calibration_outcome(calibration: dict, fine: dict | None) -> list[str]:
     chance, train, held_out, success = (mean(k) for k in ("chance_per_task", "recognition_per_task_train",
                                                           "recognition_per_task_heldout", "success"))
     met = lambda ok: "met" if ok else "NOT met"  # noqa: E731
-    best = max([a["recognition_per_task_heldout"] for a in calibration["attempts"]]
-               + [b["per_task"] for a in calibration["attempts"] for b in a.get("candidate_held_out_bands", {}).values()])
+    attempts = calibration["attempts"]
+    best = max([a["recognition_per_task_heldout"] for a in attempts]
+               + [b["per_task"] for a in attempts for b in a.get("candidate_held_out_bands", {}).values()])
     return [f"Outcome, the preset as the benchmark runs it (model.understanding.augment, 3000 steps, 30 episodes per "
             f"variation at `draft`), its baselines over {n} seeds of `mirror_fine.json`: per-task recognition from "
             f"`train` views {train:.1f} % (target 40-85 %: {met(40 <= train <= 85)}), from `held-out` views "
@@ -337,23 +338,31 @@ def fine_section(result: dict | None) -> list[str]:
                         f"{min(secs) / 60:.0f}-{max(secs) / 60:.0f} min.", ""]
 
 
+def seeded_head(title: str, script: str, about: str, result: dict | None, default_seeds: str = "0 1 2") -> list[str]:
+    """A per-seed benchmark's heading and command; once it has results, the start of its status line."""
+    seeds = " ".join(map(str, result["seeds_planned"])) if result else default_seeds
+    lines = [f"## {title}", "", f"Command: `python benchmarks/{script} --seeds {seeds}` {about}", ""]
+    if result is None:
+        return lines
+    done, planned = len(result["seeds"]), len(result["seeds_planned"])
+    status = "complete" if result["complete"] else f"PARTIAL: {done} of {planned} seeds"
+    return [*lines, f"Status: **{status}** (seeds {result['seeds']}), preset `{result['preset']}`"]
+
+
 def observe_section(result: dict | None) -> list[str]:
     """Observe, then do: success told by text, video, a sibling's video and nothing, per arm, with the verdicts."""
-    seeds = " ".join(map(str, result["seeds_planned"])) if result else "0 1 2"
-    lines = ["## Observe, then do: does a shown video work as well as the instruction?", "",
-             f"Command: `python benchmarks/observe_then_do.py --seeds {seeds}` (preset `fine`; resumable, cached). "
-             "Independent = an `understand` run and an `execute` run told through that frozen model; mirror = one "
-             "`mirror` run told through its own understanding model; both policies trained `train.condition=mixed` "
-             "(README, *Observe, then do*), each evaluated on the same test scenes told by the instruction (text), "
-             "a clip of the variation from another scene (video), a clip of another variation of the same task "
-             "(sibling) and nothing (null).", ""]
+    lines = seeded_head(
+        "Observe, then do: does a shown video work as well as the instruction?", "observe_then_do.py",
+        "(preset `fine`; resumable, cached). Independent = an `understand` run and an `execute` run told through that "
+        "frozen model; mirror = one `mirror` run told through its own understanding model; both policies trained "
+        "`train.condition=mixed` (README, *Observe, then do*), each evaluated on the same test scenes told by the "
+        "instruction (text), a clip of the variation from another scene (video), a clip of another variation of the "
+        "same task (sibling) and nothing (null).", result)
     if result is None:
         return lines + ["_Not run yet_ (an estimated 2.5 h per seed on 2 cores; smoke-checked on `tiny`).", ""]
     s = result["summary"]
-    done, planned = len(result["seeds"]), len(result["seeds_planned"])
-    status = "complete" if result["complete"] else f"PARTIAL: {done} of {planned} seeds"
-    lines += [f"Status: **{status}** (seeds {result['seeds']}), preset `{result['preset']}`. Machine: "
-              f"{machine_line(result)}.", "", "Success in % (mean over seeds [Student-t 95 % CI]).", "",
+    lines[-1] += f". Machine: {machine_line(result)}."
+    lines += ["", "Success in % (mean over seeds [Student-t 95 % CI]).", "",
               "| arm | text | video | sibling | null | sibling: shown variation done |", "|---|---|---|---|---|---|"]
     for arm in ("independent", "mirror"):
         cells = [pct(s["conditions"][f"{arm}/{c}"]) for c in ("text", "video", "sibling", "null")]
@@ -374,23 +383,20 @@ def observe_section(result: dict | None) -> list[str]:
 
 def rl_section(result: dict | None) -> list[str]:
     """RL fine-tuning with the oracle and the learned reward: before -> after success per reward, with verdicts."""
-    seeds = " ".join(map(str, result["seeds_planned"])) if result else "0 1 2"
-    lines = ["## RL fine-tuning: does the understanding model's score work as a reward?", "",
-             f"Command: `python benchmarks/rl_finetune.py --seeds {seeds}` (preset `fine`; resumable, cached with "
-             "mirror_fine.py's baseline runs). Each seed's baseline execute run is fine-tuned (`mirroralign finetune`, "
-             "AWR) once with Meta-World's success flag (the oracle) and once with the understand run's score of the "
-             "rollout's observer clip (the learned reward), the same interaction budget, then evaluated on the test "
-             "scenes (README, *RL fine-tuning*).", ""]
+    lines = seeded_head(
+        "RL fine-tuning: does the understanding model's score work as a reward?", "rl_finetune.py",
+        "(preset `fine`; resumable, cached with mirror_fine.py's baseline runs). Each seed's baseline execute run is "
+        "fine-tuned (`mirroralign finetune`, AWR) once with Meta-World's success flag (the oracle) and once with the "
+        "understand run's score of the rollout's observer clip (the learned reward), the same interaction budget, "
+        "then evaluated on the test scenes of the fine-tuned variations (README, *RL fine-tuning*).", result)
     if result is None:
         return lines + ["_Not run yet_ (smoke-checked on `tiny`).", ""]
-    done, planned = len(result["seeds"]), len(result["seeds_planned"])
-    status = "complete" if result["complete"] else f"PARTIAL: {done} of {planned} seeds"
-    r = next(iter(result["rewards"].values()))
-    return [*lines, f"Status: **{status}** (seeds {result['seeds']}), preset `{result['preset']}`, fine-tuned on "
-                    f"{', '.join(result['variations'])}; {sum(r['episodes']) / done:.0f} episodes "
-                    f"({sum(r['env_steps']) / done:.0f} env steps) and {sum(r['wall_s']) / done / 60:.0f} min per "
-                    f"fine-tune. Machine: {machine_line(result)}.", "",
-            *(RESULTS / "rl_finetune.md").read_text().strip().splitlines()[:-1], ""]
+    done, r = len(result["seeds"]), next(iter(result["rewards"].values()))
+    lines[-1] += (f", fine-tuned on {', '.join(result['variations'])}; {sum(r['episodes']) / done:.0f} episodes "
+                  f"({sum(r['env_steps']) / done:.0f} env steps) and {sum(r['wall_s']) / done / 60:.0f} min per "
+                  f"fine-tune; {result['episodes_per_variation']} test scenes per variation, before and after. "
+                  f"Machine: {machine_line(result)}.")
+    return [*lines, "", *(RESULTS / "rl_finetune.md").read_text().strip().splitlines()[:-1], ""]
 
 
 def seed_cost_check(cost: dict | None, fine: dict | None) -> list[str]:

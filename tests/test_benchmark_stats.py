@@ -191,7 +191,8 @@ def test_rl_finetune_results_pair_before_and_after_by_seed_and_reach_benchmarks_
 
     done = [(2, {"success": part(10.0, 20.0, None, None, False), "understanding": part(10.0, 5.0, 0.7, 0.5, True)}),
             (3, {"success": part(30.0, 42.0, None, None, False), "understanding": part(30.0, 27.0, 0.8, 0.6, True)})]
-    out = summarise(done, [2, 3, 4]) | {"preset": "fine", "variations": ["push-left"], "overrides": [], "data": "D"}
+    out = summarise(done, [2, 3, 4]) | {"preset": "fine", "variations": ["push-left"], "overrides": [], "data": "D",
+                                        "episodes_per_variation": 10}
     assert out["seeds"] == [2, 3] and not out["complete"] and out["seed_commits"] == ["abc1234"]
     assert out["rewards"]["success"]["after"] == [20.0, 42.0]  # in the order of seeds
     assert out["rewards"]["understanding"]["auc"] == {"before": [0.7, 0.8], "after": [0.5, 0.6]}
@@ -224,3 +225,36 @@ def test_the_calibration_outcome_checks_the_benchmarks_own_baselines_against_the
     assert "61.0 % = 3.05x chance (target 3x = 60.0 %: met)" in text  # the gate follows the figures, never fixed
     assert "success 25.5 % (target 25-75 %: met)" in text and "the best reached 33.0 % (1.65x chance)" in text
     assert calibration_outcome(calibration, None) == []
+
+
+def test_observe_then_do_contrasts_pair_by_rollout_and_seed_and_reach_benchmarks_md():
+    from observe_then_do import summarise
+    from write_benchmarks_md import observe_section
+
+    def condition(outcomes, shown=None):  # outcomes over rollouts a/0, a/1, b/0, b/1
+        keys = ["a/0", "a/1", "b/0", "b/1"][:len(outcomes)]
+        return {"success": float(np.mean(outcomes)), "shown_variation_success": shown,
+                "_outcomes": dict(zip(keys, map(bool, outcomes)))}
+
+    def arm(text, video, sibling, null):
+        return {"text": condition(text), "video": condition(video), "sibling": condition(sibling, 0.5),
+                "null": condition(null)}
+
+    per_seed = {"independent": [arm([1, 1, 0, 0], [1, 0, 0, 0], [0, 0], [0, 0, 0, 0]),
+                                arm([1, 1, 1, 0], [1, 1, 0, 0], [1, 0], [0, 0, 0, 0])],
+                "mirror": [arm([1, 1, 0, 0], [1, 1, 0, 0], [0, 0], [0, 0, 0, 0]),
+                           arm([1, 1, 1, 1], [1, 1, 1, 0], [0, 0], [1, 0, 0, 0])]}
+    s = summarise(per_seed)
+    assert s["contrasts"]["independent/video-text"]["per_seed"] == [-0.25, -0.25]
+    # the sibling condition ran only a/0 and a/1: compared with video on those two rollouts alone
+    assert s["contrasts"]["independent/sibling-video"]["per_seed"] == [-0.5, -0.5]
+    assert s["alignment"]["video"]["per_seed"] == [0.25, 0.25]
+    result = {"summary": s, "seeds": [0, 1], "seeds_planned": [0, 1, 2], "complete": False, "preset": "fine",
+              "machine": {"cpus": 2, "platform": "P", "torch": "T", "mujoco_gl": "osmesa", "commit": "c"},
+              "date": "D"}
+    text = "\n".join(observe_section(result))
+    assert "**PARTIAL: 2 of 3 seeds** (seeds [0, 1]), preset `fine`. Machine: 2 CPUs, P" in text
+    assert ("| independent: video - text | -25.0 (same on all 2 seeds, no CI) | undecided (no spread over seeds) |"
+            in text)
+    assert "| independent | 62.5 [0.0, 100.0] | 37.5 [0.0, 100.0] | 25.0 [0.0, 100.0] | 0.0 (same on all 2" in text
+    assert observe_section(None)[-2].startswith("_Not run yet_")
