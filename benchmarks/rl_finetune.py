@@ -63,6 +63,11 @@ def evaluated_on(run: Path, data: Path, root: Path, variations: list[str], episo
     return json.loads((out / "metrics.json").read_text())
 
 
+def success(metrics: dict) -> float:
+    """An evaluation's success rate, in percent."""
+    return 100 * metrics["rollouts"]["success_rate"]
+
+
 def run_summary(run: Path) -> dict:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return {"episodes": sum(r["episodes"] for r in rows), "env_steps": rows[-1]["env_steps_total"],
@@ -170,9 +175,6 @@ def run_reward(seed: int, reward: str, data: Path, args: argparse.Namespace, ove
     execute, understand = baseline(seed, data, args.root, args.preset)
     t0 = time.perf_counter()
     ft = finetuned(execute, understand, reward, data, args.root, args.preset, overrides)
-    def success(metrics: dict) -> float:
-        return 100 * metrics["rollouts"]["success_rate"]
-
     endpoint = [success(evaluated_on(run, data, args.root, args.variations, args.episodes)) for run in (execute, ft)]
     out = {"before": endpoint[0], "after": endpoint[1], **run_summary(ft)}
     if args.all_variations:

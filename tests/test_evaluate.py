@@ -203,6 +203,7 @@ def test_an_episode_that_keeps_crashing_its_worker_is_a_simulator_error(mirror_r
     (["--view", "eyeball"], "unknown camera"),
     (["--episodes", "0"], "--episodes"),
     (["--variations", "reach-left-low", "fly-to-the-moon"], "--variations: fly-to-the-moon not in this dataset"),
+    (["--variations", "reach-left-low", "--no-rollouts"], "this evaluation has no rollouts"),
 ])
 def test_evaluate_rejects_bad_input(mirror_run, tiny_dataset, tmp_path, args, needle):
     out = tmp_path / "eval"

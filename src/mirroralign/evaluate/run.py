@@ -123,6 +123,8 @@ def evaluate(run: str | Path, data: str | Path, out: str | Path, view: str | Non
     seed = store.config.get("data", {}).get("seed", config.data.seed)
     if condition != "text" and not (rollouts and "execution" in loaded.models):
         raise UsageError(f"--condition {condition} tells a policy its task in rollouts: this evaluation has none")
+    if variations is not None and not (rollouts and "execution" in loaded.models):
+        raise UsageError("--variations picks the variations rolled out: this evaluation has no rollouts")
     told_by_video = config.train.condition != "text"
     rolled = rolled_out(store, variations)
     plan = [(i, k, scene_seed(seed, "test", k)) for i in rolled for k in range(episodes or config.eval.episodes)]
