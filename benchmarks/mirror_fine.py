@@ -10,7 +10,8 @@ finished arm of a seed (baseline or mirror) leaves benchmarks/results/mirror_fin
 --seeds-dir), which is committed: an arm once finished is never rerun, even on a machine where ROOT (the dataset and
 the runs) has not survived. The arms run as separate processes, `--jobs` at a time (both arms of a seed at once),
 each with one torch thread (_common.run_parts).
-Results are rewritten after every seed: benchmarks/results/mirror_fine.{json,md}.
+Results are rewritten after every seed: benchmarks/results/mirror_fine.{json,md}. `--report SEED` renders that
+seed's HTML report (benchmarks/results/mirror_fine_report.html) while its runs are on the machine.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import time
 from pathlib import Path
 
 from _common import RESULTS, SeedResults, machine, run_parts, write_results
-from _mirror import analyzed, config_for, eval_dir, evaluated, generated, trained
+from _mirror import analysis_dir, analyzed, config_for, eval_dir, evaluated, generated, trained
 
+from mirroralign.report import report
 from mirroralign.stats import holm, paired_t
 
 PRESET = "fine"
@@ -212,6 +214,9 @@ def main() -> None:
     p.add_argument("--seeds-dir", type=Path, default=RESULTS / "mirror_fine_seeds",  # committed: see SeedResults
                    help="where each finished arm's JSON goes (and is looked for)")
     p.add_argument("--summarise", action="store_true", help="only rewrite the results from the finished seeds")
+    p.add_argument("--report", type=int, metavar="SEED", help="only render that finished seed's HTML report "
+                                                              "(benchmarks/results/mirror_fine_report.html) from its "
+                                                              "evaluations and analyses under ROOT")
     p.add_argument("--part-job", nargs=2, metavar=("SEED", "ARM"), help=argparse.SUPPRESS)  # one arm: run_parts
     args = p.parse_args()
     data = args.data or args.root / "data-fine"
@@ -219,6 +224,9 @@ def main() -> None:
     if args.part_job is not None:
         seed, name = int(args.part_job[0]), args.part_job[1]
         finished.put(seed, run_arm(seed, name, data, args.root), part=name)
+        return
+    if args.report is not None:
+        print(f"report: {seed_report(args.report, finished, args.root)}")
         return
     todo = [] if args.summarise else finished.missing(args.seeds, ARMS)
     if todo:
@@ -232,6 +240,22 @@ def main() -> None:
 
     run_parts(__file__, todo, args.jobs, on_done=write_all)
     write_all()
+
+
+def seed_report(seed: int, finished: SeedResults, root: Path) -> Path:
+    """One finished seed's report: recognition from both views, rollouts and the analyses of both arms, side by
+    side (`mirroralign report`), from what its runs left under ROOT."""
+    arms = {name: finished.get(seed, name) for name in ARMS}
+    if None in arms.values():
+        raise SystemExit(f"seed {seed} has not finished both arms (benchmarks/results/mirror_fine_seeds)")
+    runs = {name: [Path(r) for r in arm["runs"]] for name, arm in arms.items()}
+    evals = [eval_dir(run, root, view) for rs in runs.values() for run in rs for view in (None, "held-out")]
+    inputs = [d for d in evals if (d / "metrics.json").is_file()] + [analysis_dir(rs, root) for rs in runs.values()]
+    absent = [str(d) for d in inputs[-2:] if not (d / "analysis.json").is_file()]
+    if absent or len(inputs) < 7:  # execute (rollouts), understand and mirror (both views), two analyses
+        raise SystemExit(f"seed {seed}'s evaluations and analyses are not under {root} (made on another machine?)")
+    return report(inputs, RESULTS / "mirror_fine_report.html")
+
 
 if __name__ == "__main__":
     main()

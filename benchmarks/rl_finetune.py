@@ -1,9 +1,10 @@
-"""Does the understanding model's score work as a reward? RL fine-tuning (`mirroralign finetune`, AWR / filtered BC)
-of the baseline execute runs with the oracle `success` reward and the learned `understanding` reward (the baseline
-understand run of the same seed scoring), under the same interaction budget, evaluated on the test scenes.
+"""Does a learned model's score work as a reward? RL fine-tuning (`mirroralign finetune`, AWR / filtered BC) of the
+baseline execute runs with the oracle `success` reward and two learned ones, `understanding` (the seed's baseline
+understand run scores the observer clip) and `aligned` (the seed's mirror run scores it in its shared space), under
+the same interaction budget, evaluated on the test scenes.
 
     python benchmarks/rl_finetune.py [--preset fine] [--seeds 0 1 2] [--root runs/benchmarks] [--data DIR]
-                                     [--variations ID ...] [key=value ...]
+                                     [--rewards R ...] [--variations ID ...] [key=value ...]
 
 Resumable and cached: the baseline runs and their evaluations are the ones of `_mirror.py` (shared with
 mirror_fine.py and mirror_effect.py), each fine-tune lives under ROOT/finetune in a folder named by its settings and
@@ -17,8 +18,9 @@ The variations fine-tuned on (FINE_GRAINED, per suite) are six goal variants the
 off the success floor. The endpoint is success on them, before and after, on `--episodes` (10) test scenes each: 60
 rollouts per policy, not the 189 of an evaluation of every variation, which --all-variations adds (what fine-tuning
 on six does to the others). Budget: 12 iterations x 4 episodes per variation = 288 episodes per fine-tune. On
-`fine`, run with mirror_fine.py's ROOT and dataset, a seed's baseline execute and understand runs are mirror_fine's
-own, so a seed costs its two fine-tunes and three endpoint evaluations; the wall time each took is recorded.
+`fine`, run with mirror_fine.py's ROOT and dataset, a seed's baseline execute, understand and mirror runs are
+mirror_fine's own, so a seed costs its three fine-tunes and four endpoint evaluations; the wall time each took is
+recorded.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from _mirror import config_for, evaluated, generated, pct, seed_ci, signed_pct, 
 from mirroralign.evaluate.run import evaluate, is_evaluation_of
 from mirroralign.finetune.run import finetune
 
-REWARDS = ("success", "understanding")
+REWARDS = ("success", "understanding", "aligned")
 # The variations fine-tuned on, per suite: goal variants the instruction must disambiguate, off the success floor.
 # mirror-fine's pick-place is at 0 % (fine calibration, its own dataset: no success to learn from), so its
 # push-wall goals stand in for mirror10's pick-place ones; 6 variations on both, the same budget in episodes.
@@ -46,12 +48,11 @@ FINE_GRAINED = {"mirror10": ["push-left", "push-center", "push-right",
                                 "push-wall-left", "push-wall-center", "push-wall-right"]}
 
 
-def finetuned(execute: Path, understand: Path, reward: str, data: Path, root: Path, preset: str,
+def finetuned(execute: Path, scorer: Path | None, reward: str, data: Path, root: Path, preset: str,
               overrides: list[str]) -> Path:
     key = hashlib.sha256(json.dumps([reward, preset, overrides]).encode()).hexdigest()[:10]
     out = root / "finetune" / f"{reward}-{execute.name}-{key}"
-    return finetune(execute, data, out, reward=reward, scorer=understand if reward != "success" else None,
-                    preset=preset, overrides=overrides)
+    return finetune(execute, data, out, reward=reward, scorer=scorer, preset=preset, overrides=overrides)
 
 
 def evaluated_on(run: Path, data: Path, root: Path, variations: list[str], episodes: int) -> dict:
@@ -107,6 +108,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help="dataset (default: ROOT/data-PRESET, generated if missing)")
     parser.add_argument("--variations", nargs="+", help="the variations fine-tuned on (default: the suite's "
                                                         "FINE_GRAINED)")
+    parser.add_argument("--rewards", nargs="+", choices=REWARDS, default=list(REWARDS),
+                        help="the rewards compared (each a fine-tune of its own per seed)")
     parser.add_argument("--episodes", type=int, default=10, help="test scenes per fine-tuned variation, before and "
                                                                   "after (the endpoint)")
     parser.add_argument("--all-variations", action="store_true", help="also evaluate each fine-tuned policy on "
@@ -128,17 +131,19 @@ def main() -> None:
         part = run_reward(seed, reward, data, args, overrides)
         finished.put(seed, part | {"machine": machine()}, part=reward)
         return
-    todo = finished.missing(args.seeds, REWARDS)
+    todo = finished.missing(args.seeds, tuple(args.rewards))
     if todo:
         generated(args.preset, data)
-    for seed in sorted({s for s, _ in todo}):  # what both rewards of a seed start from, once, before they run at once
+    for seed in sorted({s for s, _ in todo}):  # what a seed's rewards start from, once, before they run at once
         execute, _ = baseline(seed, data, args.root, args.preset)
+        if (seed, "aligned") in todo:
+            scorer_of("aligned", seed, data, args.root, args.preset)
         evaluated_on(execute, data, args.root, args.variations, args.episodes)
         if args.all_variations:
             evaluated(execute, data, args.root)
 
     def write_all():
-        done = finished.complete(args.seeds, REWARDS)
+        done = finished.complete(args.seeds, tuple(args.rewards))
         if done:
             out = summarise(done, args.seeds) | {"preset": args.preset, "variations": args.variations,
                                                  "episodes_per_variation": args.episodes, "overrides": overrides,
@@ -153,9 +158,9 @@ def summarise(done: list[tuple[int, dict]], seeds_planned: list[int]) -> dict:
     """The finished seeds' parts [(seed, {reward: part})] as the results' per-reward lists, in the order of seeds."""
     per_seed = [rewards for _, rewards in done]
     values = lambda r, k: [s[r][k] for s in per_seed]  # noqa: E731
-    rewards = {r: {k: values(r, k) for k in per_seed[0][r] if k != "machine"} for r in REWARDS}
-    return {"question": "RL fine-tuning with the oracle success reward vs the understanding model's score, same "
-                        "interaction budget, on the test scenes",
+    rewards = {r: {k: values(r, k) for k in per_seed[0][r] if k != "machine"} for r in per_seed[0]}
+    return {"question": "RL fine-tuning with the oracle success reward vs learned ones (the understanding model's "
+                        "score, the mirror run's shared space), same interaction budget, on the test scenes",
             "seeds": [s for s, _ in done], "seeds_planned": seeds_planned, "complete": len(done) == len(seeds_planned),
             "seed_commits": SeedResults.commits([part for s in per_seed for part in s.values()]),
             "rewards": {reward: {**{k: v for k, v in r.items() if not k.startswith("auc_")},
@@ -169,12 +174,23 @@ def baseline(seed: int, data: Path, root: Path, preset: str) -> tuple[Path, Path
     return trained(config, "execute", data, root), trained(config, "understand", data, root)
 
 
+def scorer_of(reward: str, seed: int, data: Path, root: Path, preset: str) -> Path | None:
+    """The frozen run whose score is the reward: none (success), the seed's understand run, or its mirror run
+    (the shared space; the one mirror_fine.py trains)."""
+    if reward == "success":
+        return None
+    if reward == "understanding":
+        return baseline(seed, data, root, preset)[1]
+    return trained(config_for(preset, seed, ["align.positives=instruction"]), "mirror", data, root)
+
+
 def run_reward(seed: int, reward: str, data: Path, args: argparse.Namespace, overrides: list[str]) -> dict:
     """Success before and after fine-tuning with one reward (in percent, on the fine-tuned variations; with
     --all-variations on all of them too) and the fine-tune's summary."""
-    execute, understand = baseline(seed, data, args.root, args.preset)
+    execute, _ = baseline(seed, data, args.root, args.preset)
     t0 = time.perf_counter()
-    ft = finetuned(execute, understand, reward, data, args.root, args.preset, overrides)
+    ft = finetuned(execute, scorer_of(reward, seed, data, args.root, args.preset), reward, data, args.root,
+                   args.preset, overrides)
     endpoint = [success(evaluated_on(run, data, args.root, args.variations, args.episodes)) for run in (execute, ft)]
     out = {"before": endpoint[0], "after": endpoint[1], **run_summary(ft)}
     if args.all_variations:

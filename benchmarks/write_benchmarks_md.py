@@ -382,13 +382,14 @@ def observe_section(result: dict | None) -> list[str]:
 
 
 def rl_section(result: dict | None) -> list[str]:
-    """RL fine-tuning with the oracle and the learned reward: before -> after success per reward, with verdicts."""
+    """RL fine-tuning with the oracle and the learned rewards: before -> after success per reward, with verdicts."""
     lines = seeded_head(
-        "RL fine-tuning: does the understanding model's score work as a reward?", "rl_finetune.py",
-        "(preset `fine`; resumable, cached with mirror_fine.py's baseline runs). Each seed's baseline execute run is "
-        "fine-tuned (`mirroralign finetune`, AWR) once with Meta-World's success flag (the oracle) and once with the "
-        "understand run's score of the rollout's observer clip (the learned reward), the same interaction budget, "
-        "then evaluated on the test scenes of the fine-tuned variations (README, *RL fine-tuning*).", result)
+        "RL fine-tuning: does a learned model's score work as a reward?", "rl_finetune.py",
+        "(preset `fine`; resumable, cached with mirror_fine.py's runs). Each seed's baseline execute run is fine-tuned "
+        "(`mirroralign finetune`, AWR) with Meta-World's success flag (the oracle), with the understand run's score "
+        "of the rollout's observer clip and with the mirror run's score in its shared space (the learned rewards), "
+        "the same interaction budget each, then evaluated on the test scenes of the fine-tuned variations (README, "
+        "*RL fine-tuning with a learned reward*).", result)
     if result is None:
         return lines + ["_Not run yet_ (smoke-checked on `tiny`).", ""]
     done, r = len(result["seeds"]), next(iter(result["rewards"].values()))

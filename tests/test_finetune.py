@@ -18,12 +18,14 @@ from conftest import run_cli
 from rlbench_fixture import write_rlbench
 from safetensors.torch import load_file
 
-from mirroralign.data.datasets import ObserverClips
+from mirroralign.data.datasets import ObserverClips, to_chw, uniform_indices
 from mirroralign.data.generate import SPLIT_OFFSET
 from mirroralign.data.store import EpisodeStore, sha256_file
 from mirroralign.errors import UsageError
 from mirroralign.finetune.awr import advantage_weights, awr_loss
 from mirroralign.finetune.rewards import (
+    ALIGNED_STEPS,
+    aligned_rewards,
     correlation,
     instruction_probability,
     roc_auc,
@@ -76,6 +78,40 @@ def test_understanding_reward_scores_the_clip_evaluation_sees(mirror_run, tiny_d
         z = np.exp(scale * s.double().numpy())
         assert r == pytest.approx(z[rec["variation"]] / z.sum(), rel=1e-4)
     assert np.all((rewards > 0) & (rewards < 1))
+
+
+def test_aligned_reward_is_the_probability_of_the_instruction_in_the_mirror_runs_shared_space(mirror_run,
+                                                                                             tiny_dataset):
+    """On stored episodes as rollout records, against a computation one instruction at a time: the observer clip
+    and the agent steps told each instruction, projected by the aligner, softmax at its temperature."""
+    run = load_run(mirror_run)
+    u_model, e_model, aligner = (run.models[k] for k in ("understanding", "execution", "aligner"))
+    store = EpisodeStore(tiny_dataset)
+    camera, cams = store.manifest["cameras"]["observer"][0], store.manifest["cameras"]["agent"]
+    records = []
+    for e in store.episode_ids("test")[:3]:
+        arrays = store.load(e)
+        records.append({"variation": store.variation_index[store.episodes[e]["variation"]], "arrays": arrays})
+    rewards = aligned_rewards(run, records, camera)
+    with torch.no_grad():
+        for reward, rec in zip(rewards, records):
+            a = rec["arrays"]
+            clip = torch.from_numpy(to_chw(a[f"observer.{camera}"][uniform_indices(0, len(a[f"observer.{camera}"]) - 1,
+                                                                                    u_model.config.frames)]))[None]
+            u = aligner.understanding(u_model.representation({"video": clip}))
+            ts = uniform_indices(0, len(a["actions"]) - 1, ALIGNED_STEPS)
+            images = torch.from_numpy(np.stack([to_chw(a[f"agent.{c}"][ts]) for c in cams], axis=1))
+            sims = []
+            for v in range(len(store.variations)):
+                told = e_model.representation({"images": images, "proprio": torch.from_numpy(a["proprio"][ts]),
+                                               "text_index": torch.full((len(ts),), store.canonical_text[v])})
+                sims.append(torch.cosine_similarity(u, aligner.execution(told.mean(0, keepdim=True))).item())
+            z = np.exp(np.array(sims) / aligner.temperature)
+            assert reward == pytest.approx(z[rec["variation"]] / z.sum(), rel=1e-4)
+    # what the policy makes of the agent's observations matters: the same clip with blank agent views scores otherwise
+    blank = [{**r, "arrays": {**r["arrays"], **{f"agent.{c}": np.zeros_like(r["arrays"][f"agent.{c}"]) for c in cams}}}
+             for r in records]
+    assert not np.allclose(aligned_rewards(run, blank, camera), rewards)
 
 
 def test_reward_quality_by_hand():
@@ -239,6 +275,7 @@ def test_bad_inputs_exit_2_and_write_nothing(mirror_run, tiny_dataset, imported_
         (dict(reward="understanding", scorer=imported_runs / "execute"), "--scorer must be an understand or mirror"),
         (dict(reward="understanding", scorer=imported_runs / "understand"), "trained on other variations"),
         (dict(reward="understanding"), "needs --scorer"),
+        (dict(reward="aligned", scorer=imported_runs / "understand"), "--scorer must be a mirror run"),
         (dict(reward="success", scorer=mirror_run), "success needs none"),
         (dict(reward="success", overrides=["model.execution.dim=64"]), "finetune takes finetune.*"),
         (dict(reward="success", overrides=["finetune.episodes=1"]), "finetune.episodes must be >= 2"),

@@ -246,8 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="the execute or mirror run whose policy starts")
     p.add_argument("--data", required=True, help="the dataset: its variations, train scenes and demonstrations")
     p.add_argument("--out", required=True, help="the fine-tuned run (an execute run: evaluate takes it)")
-    p.add_argument("--reward", required=True, choices=["success", "understanding"])
-    p.add_argument("--scorer", help="the understand or mirror run that scores the clips (learned rewards)")
+    p.add_argument("--reward", required=True, help="success (the simulator's flag), understanding (the scorer's "
+                                                   "recognition of the clip) or aligned (the mirror run's shared "
+                                                   "space); checked with the other settings")
+    p.add_argument("--scorer", help="the run that scores the clips (learned rewards): an understand or mirror run for "
+                                    "understanding, a mirror run for aligned")
     p.add_argument("--algo", default="awr", choices=["awr"], help="awr: advantage-weighted regression / filtered BC")
     p.add_argument("--preset", help="budget (finetune.* defaults; default: the run's preset)")
     p.add_argument("--iterations", type=int)

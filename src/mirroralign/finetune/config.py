@@ -21,7 +21,7 @@ ALGOS = ("awr",)
 
 @dataclass
 class FinetuneConfig:
-    reward: str = "success"  # success | understanding (see finetune/rewards.py)
+    reward: str = "success"  # success | understanding | aligned (see finetune/rewards.py)
     algo: str = "awr"  # see finetune/awr.py
     iterations: int = 12
     episodes: int = 4  # rollouts per variation and iteration (>= 2: the baseline is their mean)

@@ -50,7 +50,7 @@ from mirroralign.errors import DataError, UsageError
 from mirroralign.evaluate.rollouts import policy_actions, run_rollouts
 from mirroralign.finetune.awr import advantage_weights, awr_loss
 from mirroralign.finetune.config import load_finetune_config, parent_config, split_overrides
-from mirroralign.finetune.rewards import correlation, roc_auc, understanding_rewards
+from mirroralign.finetune.rewards import aligned_rewards, correlation, roc_auc, understanding_rewards
 from mirroralign.train import NumericalError, load_run, pick_device
 
 STEP_KEYS = ("images", "proprio", "actions", "action_is_pad", "text_index")
@@ -132,11 +132,14 @@ def _read_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
-def _validated_scorer(scorer: str | Path, store: EpisodeStore):
+def _validated_scorer(scorer: str | Path, store: EpisodeStore, reward: str):
     loaded = load_run(scorer)
     if loaded.mode not in ("understand", "mirror"):
         raise UsageError(f"--scorer must be an understand or mirror run (an understanding model), got a "
                          f"{loaded.mode} run: {scorer}")
+    if reward == "aligned" and loaded.mode != "mirror":
+        raise UsageError(f"--reward aligned scores in a mirror run's shared space: --scorer must be a mirror run, "
+                         f"got an {loaded.mode} run: {scorer}")
     try:
         loaded.require_same_tasks(store)
     except UsageError:
@@ -174,14 +177,14 @@ def finetune(run: str | Path, data: str | Path, out: str | Path, reward: str = "
     own, theirs = split_overrides(overrides)
     ft = load_finetune_config(preset or parent.config.preset, [f"reward={reward}", f"algo={algo}", *own])
     if ft.reward == "success" and scorer is not None:
-        raise UsageError("--scorer is for a learned reward (--reward understanding); success needs none")
+        raise UsageError("--scorer is for a learned reward (--reward understanding or aligned); success needs none")
     if ft.reward != "success" and scorer is None:
         raise UsageError(f"--reward {ft.reward} needs --scorer: an understand or mirror run that scores the clips")
     unknown = sorted(set(ft.variations) - set(store.variation_index))
     if unknown:
         raise UsageError(f"finetune.variations names variations --data does not have: {', '.join(unknown)}")
     rolled = sorted(store.variation_index[v] for v in ft.variations) or list(range(len(store.variations)))
-    judge = _validated_scorer(scorer, store) if scorer is not None else None
+    judge = _validated_scorer(scorer, store, ft.reward) if scorer is not None else None
     config = parent_config(parent.config, theirs)
     out = Path(out)
     run_of = lambda r: {"run": str(r.path.resolve()), "mode": r.mode, "step": r.step,  # noqa: E731
@@ -202,10 +205,14 @@ def finetune(run: str | Path, data: str | Path, out: str | Path, reward: str = "
     probe = default_collate([{k: fixed[int(i)][k] for k in STEP_KEYS}
                              for i in np.linspace(0, len(fixed) - 1, min(ft.probe_steps, len(fixed))).round()])
     probe = {k: v.to(device) for k, v in probe.items()}
-    scoring = judge.models["understanding"].to(device) if judge else None
     data_seed = store.config.get("data", {}).get("seed", config.data.seed)
     clip = store.manifest["simulator"] == "metaworld"  # its action space is [-1, 1]
     observer = store.manifest["cameras"]["observer"][0]
+    if judge:
+        judge.models.to(device)
+    scoring = {"understanding": lambda records: understanding_rewards(judge.models["understanding"], records,
+                                                                      observer, ft.windows),
+               "aligned": lambda records: aligned_rewards(judge, records, observer)}.get(ft.reward)
 
     yaml_text = OmegaConf.to_yaml(OmegaConf.create({**asdict(config), "finetune": asdict(ft)}))
     start_run_dir(out, {**record, "parameters": {"execution": sum(p.numel() for p in policy.parameters())}},
@@ -238,7 +245,7 @@ def finetune(run: str | Path, data: str | Path, out: str | Path, reward: str = "
                                           plan=rollout_plan(rolled, ft.episodes, i, data_seed),
                                           act=exploring_act(ft, i, clip))
             success = np.array([r["success"] for r in records], dtype=float)
-            returns = success if scoring is None else understanding_rewards(scoring, records, observer, ft.windows)
+            returns = success if scoring is None else scoring(records)
             weights = advantage_weights(returns, [r["variation"] for r in records], ft.temperature, ft.max_weight)
             rollouts = RolloutSteps(records, store, horizon, weights)
             steps = sum(r["steps"] for r in records)
