@@ -68,12 +68,12 @@ def rolled_out(store, variations: list[str] | None) -> list[int]:
     """The indices of the variations to roll out: all, or the named ones (in the suite's order)."""
     if variations is None:
         return list(range(len(store.variations)))
-    ids = [v.id for v in store.variations]
-    unknown = sorted(set(variations) - set(ids))
+    unknown = sorted(set(variations) - set(store.variation_index))
     if unknown or not variations:
+        ids = [v.id for v in store.variations]
         raise UsageError(f"--variations: {', '.join(unknown) or 'none given'} not in this dataset "
                          f"({len(ids)} variations, e.g. {', '.join(ids[:3])})")
-    return [i for i, v in enumerate(ids) if v in variations]
+    return sorted({store.variation_index[v] for v in variations})
 
 
 def evaluate(run: str | Path, data: str | Path, out: str | Path, view: str | None = None,
