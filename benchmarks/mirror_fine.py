@@ -24,7 +24,7 @@ from _common import RESULTS, SeedResults, machine, run_parts, write_results
 from _mirror import analysis_dir, analyzed, config_for, eval_dir, evaluated, generated, trained
 
 from mirroralign.report import report
-from mirroralign.stats import holm, paired_t
+from mirroralign.stats import holm, paired_t, seeds_for_half_width
 
 PRESET = "fine"
 SEEDS = 10  # the pre-registered number (BENCHMARKS.md, power computation)
@@ -177,6 +177,9 @@ def summarise(done: list[dict], seeds_planned: list[int]) -> tuple[dict, list]:
         comparison[k]["verdict"] = verdict(comparison[k]) if complete else \
             f"interim ({len(done)} of {len(seeds_planned)} seeds): no verdict yet"
         comparison[k]["meets_half_width"] = (comparison[k]["half_width"] or float("inf")) <= HALF_WIDTH_DONE
+        sd = comparison[k]["sd"]  # the power computation redone with the spread seen so far (a projection only)
+        comparison[k]["seeds_needed"] = ({str(w): seeds_for_half_width(sd, w, most=1000)
+                                          for w in (HALF_WIDTH_DESIGN, HALF_WIDTH_DONE)} if sd else None)
     mean = lambda k, a="baseline": sum(metrics[k][a]) / len(done)  # noqa: E731
     gates = {"baseline_success_25_75": 25 <= mean("success") <= 75,
              "baseline_recognition_train_40_85": 40 <= mean("recognition_per_task_train") <= 85,

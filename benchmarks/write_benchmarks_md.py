@@ -333,9 +333,22 @@ def fine_section(result: dict | None) -> list[str]:
                      f"{mean(k, 'mirror'):{f}} | {difference(d, f)} | {p_holm} | {d.get('verdict', 'secondary')}{failed} |")
     gates = ", ".join(f"{k}: {'met' if ok else 'NOT met'}" for k, ok in result["calibration_gates"].items())
     secs = [s["seconds"] for s in result["seconds_per_seed"]]
-    return [*lines, "", f"Validity gates: {gates}. Chance per task {mean('chance_per_task', 'baseline'):.1f} %. "
-                        f"Wall time per seed (its baseline and mirror jobs summed, two jobs at a time) "
-                        f"{min(secs) / 60:.0f}-{max(secs) / 60:.0f} min.", ""]
+    return [*lines, "", *power_at_spread(c, seeds),
+            f"Validity gates: {gates}. Chance per task {mean('chance_per_task', 'baseline'):.1f} %. "
+            f"Wall time per seed (its baseline and mirror jobs summed, two jobs at a time) "
+            f"{min(secs) / 60:.0f}-{max(secs) / 60:.0f} min.", ""]
+
+
+def power_at_spread(comparison: dict, seeds: int) -> list[str]:
+    """The pre-registered power computation redone with the spread of the paired differences seen so far: a
+    projection that informs, never changes, the seed count (the extension rule is the only change allowed)."""
+    parts = [f"{k} sd {comparison[k]['sd']:.2f} -> {comparison[k]['seeds_needed']['2.5']} seeds for half-width 2.5 "
+             f"({comparison[k]['seeds_needed']['2.0']} for 2.0)"
+             for k in PRIMARY if comparison[k].get("seeds_needed")]
+    if not parts:
+        return []
+    return [f"Power at the spread seen over {seeds} seeds (t(n-1) sd / sqrt(n), the pre-registered formula; the pilots "
+            f"assumed sd 2.45 for success and 2.69 for recognition): {'; '.join(parts)}.", ""]
 
 
 def seeded_head(title: str, script: str, about: str, result: dict | None, default_seeds: str = "0 1 2") -> list[str]:

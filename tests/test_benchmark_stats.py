@@ -258,3 +258,26 @@ def test_observe_then_do_contrasts_pair_by_rollout_and_seed_and_reach_benchmarks
             in text)
     assert "| independent | 62.5 [0.0, 100.0] | 37.5 [0.0, 100.0] | 25.0 [0.0, 100.0] | 0.0 (same on all 2" in text
     assert observe_section(None)[-2].startswith("_Not run yet_")
+
+
+def test_the_power_computation_is_redone_with_the_spread_seen_so_far():
+    from mirror_fine import summarise
+    from write_benchmarks_md import power_at_spread
+
+    keys = ("success", "recognition_per_task_train", "recognition_per_task_heldout", "chance_per_task",
+            "recognition_all_train", "recognition_early_train", "probe_r1_u2e", "probe_blind_r1_u2e",
+            "probe_time_r1_u2e")
+    diffs = [0.0, 6.0, -6.0, 3.0]
+    arms = [{"seed": s, "seconds": 1, "arm_seconds": {}, "machine": {"cpus": 2, "platform": "x"}, "commits": ["c"],
+             "baseline": {k: 30.0 for k in keys},
+             "mirror": {k: 30.0 + (d if k == "success" else d / 2 if k == "recognition_per_task_train" else 0)
+                        for k in keys}}
+            for s, d in enumerate(diffs)]
+    comparison = summarise(arms, list(range(10)))[0]["comparison"]
+    sd = np.std(diffs, ddof=1)  # 5.12: t(n-1) sd / sqrt(n) <= 2.5 first at n = 19
+    assert comparison["success"]["seeds_needed"] == {"2.0": 28, "2.5": 19}
+    assert sps.t.ppf(0.975, 18) * sd / np.sqrt(19) <= 2.5 < sps.t.ppf(0.975, 17) * sd / np.sqrt(18)
+    assert comparison["recognition_per_task_heldout"]["seeds_needed"] is None  # no spread: nothing to project
+    line = power_at_spread(comparison, 4)[0]
+    assert "success sd 5.12 -> 19 seeds for half-width 2.5 (28 for 2.0)" in line and "heldout" not in line
+    assert power_at_spread({k: {"seeds_needed": None} for k in comparison}, 4) == []
