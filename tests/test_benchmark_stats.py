@@ -209,6 +209,13 @@ def test_rl_finetune_results_pair_before_and_after_by_seed_and_reach_benchmarks_
     assert "| success: success, fine-tuned variations | " in section
     assert section.count("MUJOCO_GL=") == 1  # the machine once, in the status line, not again as the table's footer
     assert write_benchmarks_md.rl_section(None)[-2].startswith("_Not run yet_")
+    pilot = summarise([(2, {"success": done[0][1]["success"]})], [2]) | {"overrides": ["finetune.lr=1e-4"], "episodes_per_variation": 30}
+    for r in pilot["rewards"].values():
+        r |= {"train_success_first": [0.25], "train_success_last": [0.5]}
+    lines = write_benchmarks_md.rl_section(None, {"rl_pilot_lr": pilot})
+    assert lines[-3:-1] == ["", "- Pilot `rl_pilot_lr` (reward success; overrides finetune.lr=1e-4; 30 test scenes per "
+                                "variation): seed 2: 10.0 -> 20.0 % (on-policy train scenes 25 -> 50 %)."]
+    assert lines[-4].startswith("Pilots (they chose the design") and lines[-1] == ""
 
 
 def test_the_calibration_outcome_checks_the_benchmarks_own_baselines_against_the_targets():
