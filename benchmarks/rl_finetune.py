@@ -15,8 +15,8 @@ rerun). Results: benchmarks/results/NAME.{json,md} (rl_finetune on `fine`, the b
 another preset, so a smoke check never replaces it), rewritten after every job.
 
 The variations fine-tuned on (FINE_GRAINED, per suite) are six goal variants the instruction must disambiguate,
-chosen to be off the success floor; the pilot on mirror_fine's seed 5 (rl_pilot_default.json) found them barely off
-it (4.4 % on the endpoint; seed 4: 15 %), so this choice is to be revisited before a seed is recorded. The endpoint is
+chosen to be off the success floor (on mirror-fine push-back and coffee-pull since the pilot on mirror_fine's seed 5,
+rl_pilot_default.json, found the first choice, push and push-wall, at 4.4 % on its endpoint). The endpoint is
 success on them, before and after, on `--episodes` (30) test scenes each: 180 rollouts per policy; --all-variations
 adds the 189 of an evaluation of every variation (what fine-tuning on six does to the others). Why 30: at ~15 %
 success a seed's after - before on 10 scenes each (60 rollouts) has a binomial standard error of ~5 points, so 3
@@ -43,13 +43,14 @@ from mirroralign.evaluate.run import evaluate, is_evaluation_of
 from mirroralign.finetune.run import finetune
 
 REWARDS = ("success", "understanding", "aligned")
-# The variations fine-tuned on, per suite: goal variants the instruction must disambiguate, off the success floor.
-# mirror-fine's pick-place is at 0 % (fine calibration, its own dataset: no success to learn from), so its
-# push-wall goals stand in for mirror10's pick-place ones; 6 variations on both, the same budget in episodes.
+# The variations fine-tuned on, per suite: goal variants the instruction must disambiguate, off the success floor
+# (AWR re-weights the successes exploration finds: at 0-5 % there are none to re-weight). On mirror-fine, seed 5's
+# baseline on 10 test scenes each: push-back short/middle/long 40/40/40 %, coffee-pull left/center/right 70/70/20 %
+# (push and push-wall, the first choice, were at 4.4 % on 180 rollouts: rl_pilot_default.json); 6 on both suites.
 FINE_GRAINED = {"mirror10": ["push-left", "push-center", "push-right",
                              "pick-place-left", "pick-place-center", "pick-place-right"],
-                "mirror-fine": ["push-left", "push-center", "push-right",
-                                "push-wall-left", "push-wall-center", "push-wall-right"]}
+                "mirror-fine": ["push-back-short", "push-back-middle", "push-back-long",
+                                "coffee-pull-left", "coffee-pull-center", "coffee-pull-right"]}
 
 
 def finetuned(execute: Path, scorer: Path | None, reward: str, data: Path, root: Path, preset: str,
