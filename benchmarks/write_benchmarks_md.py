@@ -12,7 +12,7 @@ from pathlib import Path
 
 from _common import RESULTS
 from _mirror import pct, seed_ci, signed_pct
-from mirror_fine import DEVIATIONS_MD, PREREGISTERED_MD, PRIMARY, difference
+from mirror_fine import DEVIATIONS_MD, HALF_WIDTH_DESIGN, HALF_WIDTH_DONE, PREREGISTERED_MD, PRIMARY, difference
 
 ROOT = Path(__file__).resolve().parent.parent
 # What the paper reports (18 RLBench tasks, ViCLIP + ARP; see DESIGN.md s1: from a secondary summary).
@@ -342,8 +342,9 @@ def fine_section(result: dict | None) -> list[str]:
 def power_at_spread(comparison: dict, seeds: int) -> list[str]:
     """The pre-registered power computation redone with the spread of the paired differences seen so far: a
     projection that informs, never changes, the seed count (the extension rule is the only change allowed)."""
-    parts = [f"{k} sd {comparison[k]['sd']:.2f} -> {comparison[k]['seeds_needed']['2.5']} seeds for half-width 2.5 "
-             f"({comparison[k]['seeds_needed']['2.0']} for 2.0)"
+    done, design = str(HALF_WIDTH_DONE), str(HALF_WIDTH_DESIGN)  # the keys of mirror_fine's seeds_needed
+    parts = [f"{k} sd {comparison[k]['sd']:.2f} -> {comparison[k]['seeds_needed'][done]} seeds for half-width {done} "
+             f"({comparison[k]['seeds_needed'][design]} for {design})"
              for k in PRIMARY if comparison[k].get("seeds_needed")]
     if not parts:
         return []

@@ -209,7 +209,8 @@ def test_rl_finetune_results_pair_before_and_after_by_seed_and_reach_benchmarks_
     assert "| success: success, fine-tuned variations | " in section
     assert section.count("MUJOCO_GL=") == 1  # the machine once, in the status line, not again as the table's footer
     assert write_benchmarks_md.rl_section(None)[-2].startswith("_Not run yet_")
-    pilot = summarise([(2, {"success": done[0][1]["success"]})], [2]) | {"overrides": ["finetune.lr=1e-4"], "episodes_per_variation": 30}
+    pilot = summarise([(2, {"success": done[0][1]["success"]})], [2]) | {"overrides": ["finetune.lr=1e-4"],
+                                                                          "episodes_per_variation": 30}
     for r in pilot["rewards"].values():
         r |= {"train_success_first": [0.25], "train_success_last": [0.5]}
     lines = write_benchmarks_md.rl_section(None, {"rl_pilot_lr": pilot})
