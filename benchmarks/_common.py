@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -15,6 +16,16 @@ from pathlib import Path
 from mirroralign.data.store import write_json_atomic
 
 RESULTS = Path(__file__).parent / "results"
+
+
+def seeded_parser(doc: str, preset: str, seeds: list[int]) -> argparse.ArgumentParser:
+    """The arguments every multi-seed benchmark on `_mirror.py`'s cache takes: --preset, --seeds, --root, --data."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--preset", default=preset)
+    parser.add_argument("--seeds", type=int, nargs="+", default=seeds)
+    parser.add_argument("--root", type=Path, default=Path("runs/benchmarks"))
+    parser.add_argument("--data", type=Path, help="dataset (default: ROOT/data-PRESET, generated if missing)")
+    return parser
 
 
 def _commit(where: Path) -> str:

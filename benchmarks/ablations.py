@@ -13,10 +13,7 @@ benchmarks/results/ablations.{json,md}.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
-from _common import write_results
+from _common import seeded_parser, write_results
 from _mirror import baseline_arm, compare, config_for, mirror_arm, pct, seed_ci, signed_pct
 
 from mirroralign.data.generate import generate
@@ -37,12 +34,8 @@ METRICS = [("recognition", "recognition"), ("recognition_early", "recognition, f
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="standard")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser = seeded_parser(__doc__, "standard", [0, 1])
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
-    parser.add_argument("--root", type=Path, default=Path("runs/benchmarks"))
-    parser.add_argument("--data", type=Path, help="dataset (default: ROOT/data-PRESET, generated if missing)")
     args = parser.parse_args()
     data = args.data or args.root / f"data-{args.preset}"
     generate(config_for(args.preset, 0, []), data)

@@ -11,11 +11,9 @@ benchmarks/results/mirror_effect_report.html.
 
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
 
-from _common import RESULTS, write_results
+from _common import RESULTS, seeded_parser, write_results
 from _mirror import UNSEEN_VIEW, baseline_arm, compare, config_for, generated, mirror_arm, pct, signed_pct
 
 from mirroralign.report import report
@@ -49,11 +47,7 @@ def table(comparison: dict, rows=ROWS) -> list[tuple[str, str, str]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="standard")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--root", type=Path, default=Path("runs/benchmarks"))
-    parser.add_argument("--data", type=Path, help="dataset (default: ROOT/data-PRESET, generated if missing)")
+    parser = seeded_parser(__doc__, "standard", [0, 1, 2])
     parser.add_argument("--rewrite-report", action="store_true",
                         help="render the seed-0 report again even if benchmarks/results has one (3 MB)")
     args = parser.parse_args()

@@ -31,7 +31,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from _common import RESULTS, SeedResults, machine, run_parts, write_results
+from _common import RESULTS, SeedResults, machine, run_parts, seeded_parser, write_results
 from _mirror import config_for, generated, pct, seed_ci, signed_pct, trained
 
 from mirroralign.evaluate.run import evaluate, is_evaluation_of
@@ -120,11 +120,7 @@ def table(summary: dict) -> list[tuple[str, str, str]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="fine")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--root", type=Path, default=Path("runs/benchmarks"))
-    parser.add_argument("--data", type=Path, help="dataset (default: ROOT/data-PRESET, generated if missing)")
+    parser = seeded_parser(__doc__, "fine", [0, 1, 2])
     parser.add_argument("--train-condition", default="mixed", choices=["video", "mixed"],
                         help="how the policies are trained to be told (mixed: text or video, half and half)")
     parser.add_argument("--jobs", type=int, default=2, help="arms (a seed's independent or mirror) run at once, one "

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import SeedResults, machine, run_parts, write_results
+from _common import SeedResults, machine, run_parts, seeded_parser, write_results
 from _mirror import config_for, evaluated, generated, pct, seed_ci, signed_pct, trained
 
 from mirroralign.evaluate.run import evaluate, is_evaluation_of
@@ -106,11 +106,7 @@ def table(results: dict) -> list[tuple[str, str, str]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="fine")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--root", type=Path, default=Path("runs/benchmarks"))
-    parser.add_argument("--data", type=Path, help="dataset (default: ROOT/data-PRESET, generated if missing)")
+    parser = seeded_parser(__doc__, "fine", [0, 1, 2])
     parser.add_argument("--variations", nargs="+", help="the variations fine-tuned on (default: the suite's "
                                                         "FINE_GRAINED)")
     parser.add_argument("--rewards", nargs="+", choices=REWARDS, default=list(REWARDS),

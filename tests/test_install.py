@@ -68,8 +68,8 @@ def wheels(tmp_path_factory) -> Path:
         req = Requirement(line)
         if req.marker is None and req.name != "torch":  # the dev extra is not installed here
             fake_wheel(out, req.name, admitted_version(req))
-    for version in TORCH_OFFERED:
-        fake_wheel(out, "torch", version)
+    for offered in TORCH_OFFERED:
+        fake_wheel(out, "torch", offered)
     return out
 
 

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import run_cli
-from lerobot_fixture import CAMERAS, LENGTHS, TASKS, columns, frames, write_lerobot
+from lerobot_fixture import LENGTHS, TASKS, columns, frames, write_lerobot
 
 from mirroralign.data.lerobot import aggregate_stats, feature_stats
 from mirroralign.data.store import CONFIG, FORMAT, META, VERSION, EpisodeStore, episode_path, sha256_file, \
