@@ -81,7 +81,12 @@ def run_summary(run: Path) -> dict:
             "auc_before": rows[0].get("reward_auc"), "auc_after": rows[-1].get("reward_auc"),
             "learned_reward_before": rows[0]["reward_mean"], "learned_reward_after": rows[-1]["reward_mean"],
             "reward_hacking_flagged": any(r.get("reward_hacking") for r in rows),
-            "train_success_first": rows[0]["success_rate"], "train_success_last": rows[-1]["success_rate"]}
+            "train_success_first": rows[0]["success_rate"], "train_success_last": rows[-1]["success_rate"],
+            # per iteration, for a pilot's diagnosis: on-policy success (fresh train scenes each iteration), how far
+            # the policy has moved from its start (mean |action difference|), the episodes the weights imitate
+            "train_success_per_iteration": [r["success_rate"] for r in rows],
+            "divergence_per_iteration": [r["divergence"] for r in rows],
+            "effective_episodes_per_iteration": [r["effective_episodes"] for r in rows]}
 
 
 def table(results: dict) -> list[tuple[str, str, str]]:

@@ -406,6 +406,11 @@ def rl_pilot_lines(pilots: dict[str, dict]) -> list[str]:
                                      r["train_success_last"]))
             lines.append(f"- Pilot `{name}` (reward {reward}; overrides {', '.join(pilot['overrides'])}; "
                          f"{pilot['episodes_per_variation']} test scenes per variation): {per_seed}.")
+            for s, series, divergence in zip(pilot["seeds"], r.get("train_success_per_iteration", []),
+                                             r.get("divergence_per_iteration", [])):
+                rates = ", ".join(f"{100 * x:.0f}" for x in series)
+                lines.append(f"  Seed {s}, per iteration: on-policy success {rates} %; divergence from the start "
+                             f"{divergence[0]:.3f} -> {divergence[-1]:.3f}.")
     return ["Pilots (they chose the design; not part of the results):", "", *lines, ""] if lines else []
 
 

@@ -212,11 +212,14 @@ def test_rl_finetune_results_pair_before_and_after_by_seed_and_reach_benchmarks_
     pilot = summarise([(2, {"success": done[0][1]["success"]})], [2]) | {"overrides": ["finetune.lr=1e-4"],
                                                                           "episodes_per_variation": 30}
     for r in pilot["rewards"].values():
-        r |= {"train_success_first": [0.25], "train_success_last": [0.5]}
+        r |= {"train_success_first": [0.25], "train_success_last": [0.5],
+              "train_success_per_iteration": [[0.25, 0.125, 0.5]], "divergence_per_iteration": [[0.01, 0.02, 0.034]]}
     lines = write_benchmarks_md.rl_section(None, {"rl_pilot_lr": pilot})
-    assert lines[-3:-1] == ["", "- Pilot `rl_pilot_lr` (reward success; overrides finetune.lr=1e-4; 30 test scenes per "
-                                "variation): seed 2: 10.0 -> 20.0 % (on-policy train scenes 25 -> 50 %)."]
-    assert lines[-4].startswith("Pilots (they chose the design") and lines[-1] == ""
+    assert lines[-4:-1] == ["", "- Pilot `rl_pilot_lr` (reward success; overrides finetune.lr=1e-4; 30 test scenes per "
+                                "variation): seed 2: 10.0 -> 20.0 % (on-policy train scenes 25 -> 50 %).",
+                            "  Seed 2, per iteration: on-policy success 25, 12, 50 %; divergence from the start "
+                            "0.010 -> 0.034."]
+    assert lines[-5].startswith("Pilots (they chose the design") and lines[-1] == ""
 
 
 def test_the_calibration_outcome_checks_the_benchmarks_own_baselines_against_the_targets():
