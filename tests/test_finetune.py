@@ -131,6 +131,24 @@ def test_advantage_weights_by_hand():
     assert advantage_weights([0.3, 0.3], [0, 0], 1.0, 20.0).tolist() == [1, 1]
 
 
+def test_update_batches_mix_demonstrations_and_rollouts_by_demo_fraction():
+    from types import SimpleNamespace
+
+    from mirroralign.finetune.run import sample_update_batch
+
+    def steps(tag, n, weight=None):  # execution samples whose text_index tells where they came from
+        item = {"images": torch.zeros(1, 2, 2), "proprio": torch.zeros(3), "actions": torch.zeros(4, 2),
+                "action_is_pad": torch.zeros(4, dtype=torch.bool), "text_index": tag}
+        return [{**item, "weight": weight} if weight is not None else item for _ in range(n)]
+
+    demos, rollouts = steps(0, 5), steps(1, 7, weight=3.0)
+    for fraction, n_demo in [(0.5, 4), (0.25, 2), (1.0, 8), (0.0, 0)]:
+        ft = SimpleNamespace(seed=0, batch_size=8, demo_fraction=fraction, demo_weight=0.5)
+        batch = sample_update_batch(demos, rollouts, ft, iteration=1, update=2, device="cpu")
+        assert batch["text_index"].tolist() == [0] * n_demo + [1] * (8 - n_demo)
+        assert batch["weight"].tolist() == [0.5] * n_demo + [3.0] * (8 - n_demo)  # 1: the null control
+
+
 def test_awr_loss_by_hand():
     chunk = torch.tensor([[[1.0, 0.0], [2.0, 0.0]], [[0.0, 0.0], [0.0, 5.0]]], requires_grad=True)
     actions = torch.tensor([[[0.0, 0.0], [0.0, 0.0]], [[1.0, 1.0], [3.0, 3.0]]])
@@ -279,6 +297,7 @@ def test_bad_inputs_exit_2_and_write_nothing(mirror_run, tiny_dataset, imported_
         (dict(reward="success", scorer=mirror_run), "success needs none"),
         (dict(reward="success", overrides=["model.execution.dim=64"]), "finetune takes finetune.*"),
         (dict(reward="success", overrides=["finetune.episodes=1"]), "finetune.episodes must be >= 2"),
+        (dict(reward="success", overrides=["finetune.demo_fraction=1.5"]), r"demo_fraction in \[0, 1\]"),
         (dict(reward="success", overrides=["finetune.variations=[nope]"]), "does not have: nope"),
         (dict(reward="success", overrides=["eval.max_steps=0"]), "eval.max_steps"),
         (dict(reward="nope"), "--reward must be one of"),

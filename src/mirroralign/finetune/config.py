@@ -27,7 +27,8 @@ class FinetuneConfig:
     episodes: int = 4  # rollouts per variation and iteration (>= 2: the baseline is their mean)
     updates: int = 60  # gradient steps per iteration
     batch_size: int = 32
-    demo_fraction: float = 0.5  # of each batch: demonstration steps (the rest: this iteration's rollout steps)
+    demo_fraction: float = 0.5  # of each batch: demonstration steps (the rest: this iteration's rollout steps);
+    # 1: the null control, which rolls out and scores as usual but learns from the demonstrations only
     demo_weight: float = 1.0  # a demonstration step's weight in the loss (a rollout step's: its advantage weight)
     lr: float = 3e-5
     weight_decay: float = 0.0
@@ -75,8 +76,8 @@ def load_finetune_config(preset: str, overrides) -> FinetuneConfig:
                            f"variation's rollouts), got {ft.episodes}"),
         (ft.iterations * ft.episodes <= SPLIT_OFFSET["val"], "finetune.iterations * finetune.episodes exceeds the "
                                                              "train split's scene seeds"),
-        (ft.batch_size >= 2 and 0 <= ft.demo_fraction < 1, "finetune.batch_size must be >= 2 and "
-                                                           "finetune.demo_fraction in [0, 1)"),
+        (ft.batch_size >= 2 and 0 <= ft.demo_fraction <= 1, "finetune.batch_size must be >= 2 and "
+                                                            "finetune.demo_fraction in [0, 1]"),
         (ft.lr > 0 and ft.weight_decay >= 0 and ft.grad_clip > 0, "finetune.lr and grad_clip must be positive, "
                                                                   "weight_decay >= 0"),
         (ft.noise >= 0 and ft.temperature >= 0 and ft.max_weight >= 1 and ft.demo_weight >= 0,
