@@ -149,6 +149,20 @@ def test_update_batches_mix_demonstrations_and_rollouts_by_demo_fraction():
         assert batch["weight"].tolist() == [0.5] * n_demo + [3.0] * (8 - n_demo)  # 1: the null control
 
 
+def test_learning_rate_schedules_by_hand():
+    from types import SimpleNamespace
+
+    from mirroralign.finetune.run import update_lr
+
+    ft = SimpleNamespace(lr=1e-4, schedule="constant", iterations=4, updates=5)
+    assert {update_lr(ft, i, u) for i in range(4) for u in range(5)} == {1e-4}
+    ft.schedule = "cosine"  # 20 updates in all: update n of them at lr * (1 + cos(pi n / 20)) / 2
+    lrs = [update_lr(ft, i, u) for i in range(4) for u in range(5)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[10] == pytest.approx(0.5e-4)  # iteration 2's first: half-way
+    assert lrs[19] == pytest.approx(1e-4 * (1 + math.cos(math.pi * 19 / 20)) / 2)
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+
+
 def test_awr_loss_by_hand():
     chunk = torch.tensor([[[1.0, 0.0], [2.0, 0.0]], [[0.0, 0.0], [0.0, 5.0]]], requires_grad=True)
     actions = torch.tensor([[[0.0, 0.0], [0.0, 0.0]], [[1.0, 1.0], [3.0, 3.0]]])
@@ -238,7 +252,7 @@ def _stopped(args, out, sig):
 
 def test_killed_or_interrupted_finetune_resumes_exactly(mirror_run, tiny_dataset, tmp_path):
     args = ["finetune", "--run", mirror_run, "--data", tiny_dataset, "--reward", "success", "--preset", "tiny",
-            *SMALL]
+            *SMALL, "finetune.schedule=cosine"]  # the resumed run's learning rate follows (iteration, update) too
     r = run_cli(*args, "--out", tmp_path / "straight")
     assert r.returncode == 0, r.stderr
     step, weights, rows, episodes = _final(tmp_path / "straight")
@@ -298,6 +312,7 @@ def test_bad_inputs_exit_2_and_write_nothing(mirror_run, tiny_dataset, imported_
         (dict(reward="success", overrides=["model.execution.dim=64"]), "finetune takes finetune.*"),
         (dict(reward="success", overrides=["finetune.episodes=1"]), "finetune.episodes must be >= 2"),
         (dict(reward="success", overrides=["finetune.demo_fraction=1.5"]), r"demo_fraction in \[0, 1\]"),
+        (dict(reward="success", overrides=["finetune.schedule=linear"]), "finetune.schedule must be one of"),
         (dict(reward="success", overrides=["finetune.variations=[nope]"]), "does not have: nope"),
         (dict(reward="success", overrides=["eval.max_steps=0"]), "eval.max_steps"),
         (dict(reward="nope"), "--reward must be one of"),

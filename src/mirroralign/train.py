@@ -119,11 +119,14 @@ def make_optimizer(models: nn.ModuleDict, config: Config) -> torch.optim.AdamW:
 
 
 def lr_factor(step: int, config: Config) -> float:
-    """Linear warm-up, then cosine decay to zero at the last step."""
-    t = config.train
-    if step < t.warmup_steps:
-        return (step + 1) / t.warmup_steps
-    progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
+    return warmup_cosine(step, config.train.warmup_steps, config.train.steps)
+
+
+def warmup_cosine(step: int, warmup: int, steps: int) -> float:
+    """Linear warm-up over `warmup` steps, then cosine decay to zero at step `steps`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 

@@ -17,6 +17,7 @@ from mirroralign.errors import UsageError
 from mirroralign.finetune.rewards import REWARDS
 
 ALGOS = ("awr",)
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -31,6 +32,7 @@ class FinetuneConfig:
     # 1: the null control, which rolls out and scores as usual but learns from the demonstrations only
     demo_weight: float = 1.0  # a demonstration step's weight in the loss (a rollout step's: its advantage weight)
     lr: float = 3e-5
+    schedule: str = "constant"  # constant | cosine: lr decayed to zero over all iterations' updates (as train's)
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     noise: float = 0.1  # scale of the Laplace exploration noise added to every predicted action
@@ -71,6 +73,7 @@ def load_finetune_config(preset: str, overrides) -> FinetuneConfig:
     checks = [
         (ft.reward in REWARDS, f"--reward must be one of {', '.join(REWARDS)}, got {ft.reward!r}"),
         (ft.algo in ALGOS, f"--algo must be one of {', '.join(ALGOS)}, got {ft.algo!r}"),
+        (ft.schedule in SCHEDULES, f"finetune.schedule must be one of {', '.join(SCHEDULES)}, got {ft.schedule!r}"),
         (ft.iterations > 0 and ft.updates > 0, "finetune.iterations and finetune.updates must be positive"),
         (ft.episodes >= 2, f"finetune.episodes must be >= 2 (an episode's baseline is the mean return of its "
                            f"variation's rollouts), got {ft.episodes}"),

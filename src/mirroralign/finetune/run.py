@@ -51,7 +51,7 @@ from mirroralign.evaluate.rollouts import policy_actions, run_rollouts
 from mirroralign.finetune.awr import advantage_weights, awr_loss
 from mirroralign.finetune.config import load_finetune_config, parent_config, split_overrides
 from mirroralign.finetune.rewards import aligned_rewards, correlation, roc_auc, understanding_rewards
-from mirroralign.train import NumericalError, load_run, pick_device
+from mirroralign.train import NumericalError, load_run, pick_device, warmup_cosine
 
 STEP_KEYS = ("images", "proprio", "actions", "action_is_pad", "text_index")
 
@@ -107,6 +107,12 @@ class RolloutSteps:
 
 def update_seed(seed: int, iteration: int, update: int) -> int:
     return (seed * 1_000_003 + iteration) * 100_003 + update
+
+
+def update_lr(ft, iteration: int, update: int) -> float:
+    if ft.schedule == "constant":
+        return ft.lr
+    return ft.lr * warmup_cosine(iteration * ft.updates + update, 0, ft.iterations * ft.updates)
 
 
 def sample_update_batch(demos, rollouts: RolloutSteps, ft, iteration: int, update: int, device) -> dict:
@@ -268,12 +274,15 @@ def finetune(run: str | Path, data: str | Path, out: str | Path, reward: str = "
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     norms.append(float(nn.utils.clip_grad_norm_(policy.parameters(), ft.grad_clip)))
+                    for group in optimizer.param_groups:  # a function of (i, u): a resume needs no scheduler state
+                        group["lr"] = update_lr(ft, i, u)
                     optimizer.step()
                     losses.append(loss.item())
                 policy.eval()
                 divergence = (policy.act(probe) - initial.act(probe)).abs().mean().item()
                 row = _row(i, records, success, returns, weights, scoring is not None, history, steps,
                            env_steps_total, losses, norms, divergence, stats, t_rollout, time.perf_counter() - t0)
+                row["lr"] = optimizer.param_groups[0]["lr"]  # the iteration's last update's
                 # rows first, then the checkpoint (as train): a resume drops the rows of a step never checkpointed
                 for r, ret, w in zip(records, returns, weights):
                     episodes_log.write(json.dumps({
