@@ -41,6 +41,7 @@ from _mirror import config_for, evaluated, generated, pct, seed_ci, signed_pct, 
 
 from mirroralign.evaluate.run import evaluate, is_evaluation_of
 from mirroralign.finetune.run import finetune
+from mirroralign.stats import paired_t
 
 REWARDS = ("success", "understanding", "aligned")
 # The variations fine-tuned on, per suite: goal variants the instruction must disambiguate, off the success floor
@@ -72,6 +73,20 @@ def evaluated_on(run: Path, data: Path, root: Path, variations: list[str], episo
 def success(metrics: dict) -> float:
     """An evaluation's success rate, in percent."""
     return 100 * metrics["rollouts"]["success_rate"]
+
+
+def paired_on_scenes(before: dict, after: dict) -> dict:
+    """after - before success on the same test scenes (per scene: +1 gained, -1 lost, 0 kept), in points, with a
+    t 95 % CI over the scenes: one seed's own evidence (the benchmark's replication unit stays the seed)."""
+    outcome = lambda m: {(e["variation_id"], e["scene_seed"]): e["success"]  # noqa: E731
+                         for e in m["rollouts"]["episodes"]}
+    b, a = outcome(before), outcome(after)
+    if b.keys() != a.keys():
+        raise ValueError("the two evaluations ran different test scenes")
+    diff = np.array([int(a[k]) - int(b[k]) for k in sorted(b)])
+    ci = paired_t(100 * diff)
+    return {"mean": ci["mean"], "low": ci["low"], "high": ci["high"], "scenes": len(diff),
+            "gained": int((diff > 0).sum()), "lost": int((diff < 0).sum())}
 
 
 def run_summary(run: Path) -> dict:
@@ -163,7 +178,7 @@ def main() -> None:
 def summarise(done: list[tuple[int, dict]], seeds_planned: list[int]) -> dict:
     """The finished seeds' parts [(seed, {reward: part})] as the results' per-reward lists, in the order of seeds."""
     per_seed = [rewards for _, rewards in done]
-    values = lambda r, k: [s[r][k] for s in per_seed]  # noqa: E731
+    values = lambda r, k: [s[r].get(k) for s in per_seed]  # noqa: E731  (None: a key its commit did not record)
     rewards = {r: {k: values(r, k) for k in per_seed[0][r] if k != "machine"} for r in per_seed[0]}
     return {"question": "RL fine-tuning with the oracle success reward vs learned ones (the understanding model's "
                         "score, the mirror run's shared space), same interaction budget, on the test scenes",
@@ -197,8 +212,9 @@ def run_reward(seed: int, reward: str, data: Path, args: argparse.Namespace, ove
     t0 = time.perf_counter()
     ft = finetuned(execute, scorer_of(reward, seed, data, args.root, args.preset), reward, data, args.root,
                    args.preset, overrides)
-    endpoint = [success(evaluated_on(run, data, args.root, args.variations, args.episodes)) for run in (execute, ft)]
-    out = {"before": endpoint[0], "after": endpoint[1], **run_summary(ft)}
+    before, after = (evaluated_on(run, data, args.root, args.variations, args.episodes) for run in (execute, ft))
+    out = {"before": success(before), "after": success(after), "paired": paired_on_scenes(before, after),
+           **run_summary(ft)}
     if args.all_variations:
         out |= {"before_all": success(evaluated(execute, data, args.root)),
                 "after_all": success(evaluated(ft, data, args.root))}

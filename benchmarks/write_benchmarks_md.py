@@ -395,14 +395,23 @@ def observe_section(result: dict | None) -> list[str]:
     return lines + [""]
 
 
+def scenes_text(paired: dict | None) -> str:
+    """A seed's after - before paired over its test scenes (rl_finetune.paired_on_scenes), if recorded."""
+    if not paired or paired["low"] is None:
+        return ""
+    return (f", paired over the {paired['scenes']} test scenes {paired['mean']:+.1f} [{paired['low']:+.1f}, "
+            f"{paired['high']:+.1f}] points ({paired['gained']} gained, {paired['lost']} lost)")
+
+
 def rl_pilot_lines(pilots: dict[str, dict]) -> list[str]:
     """One line per pilot (`rl_finetune.py --name rl_pilot_*`): a run that chose the design, never a result of it."""
     lines = []
     for name, pilot in pilots.items():
         for reward, r in pilot["rewards"].items():
-            per_seed = ", ".join(f"seed {s}: {b:.1f} -> {a:.1f} % (on-policy train scenes {100 * f:.0f} -> "
-                                 f"{100 * la:.0f} %)" for s, b, a, f, la in
-                                 zip(pilot["seeds"], r["before"], r["after"], r["train_success_first"],
+            paired = r.get("paired") or [None] * len(pilot["seeds"])
+            per_seed = ", ".join(f"seed {s}: {b:.1f} -> {a:.1f} %{scenes_text(p)} (on-policy train scenes "
+                                 f"{100 * f:.0f} -> {100 * la:.0f} %)" for s, b, a, p, f, la in
+                                 zip(pilot["seeds"], r["before"], r["after"], paired, r["train_success_first"],
                                      r["train_success_last"]))
             lines.append(f"- Pilot `{name}` (reward {reward}; overrides {', '.join(pilot['overrides'])}; "
                          f"{pilot['episodes_per_variation']} test scenes per variation): {per_seed}.")

@@ -182,7 +182,7 @@ def test_benchmark_parts_run_as_one_thread_processes_with_the_callers_arguments(
 def test_rl_finetune_results_pair_before_and_after_by_seed_and_reach_benchmarks_md(tmp_path, monkeypatch):
     import _common
     import write_benchmarks_md
-    from rl_finetune import summarise, table
+    from rl_finetune import paired_on_scenes, summarise, table
 
     def part(before, after, auc_before, auc_after, hacked):
         return {"before": before, "after": after, "before_all": 20.0, "after_all": 20.0, "episodes": 288,
@@ -211,12 +211,26 @@ def test_rl_finetune_results_pair_before_and_after_by_seed_and_reach_benchmarks_
     assert write_benchmarks_md.rl_section(None)[-2].startswith("_Not run yet_")
     pilot = summarise([(2, {"success": done[0][1]["success"]})], [2]) | {"overrides": ["finetune.lr=1e-4"],
                                                                           "episodes_per_variation": 30}
+    def evaluation(successes):  # evaluate's metrics: the same four test scenes, listed in another order
+        return {"rollouts": {"episodes": [{"variation_id": v, "scene_seed": k, "success": ok}
+                                          for v, k, ok in sorted(successes, reverse=True)]}}
+
+    scenes = [("push-left", 600000), ("push-left", 600001), ("push-right", 600000), ("push-right", 600001)]
+    before = evaluation([(v, k, ok) for (v, k), ok in zip(scenes, [False, False, True, True])])
+    after = evaluation([(v, k, ok) for (v, k), ok in zip(scenes, [True, True, True, True])])
+    # per scene +100, +100, 0, 0 points: mean 50, sd 57.735, t(3) 3.1824 * 57.735 / 2 = 91.87
+    paired = paired_on_scenes(before, after)
+    assert (paired["gained"], paired["lost"], paired["scenes"]) == (2, 0, 4)
+    assert paired["mean"] == 50.0 and paired["low"] == pytest.approx(-41.87, abs=0.01)
+    with pytest.raises(ValueError, match="different test scenes"):
+        paired_on_scenes(before, evaluation([(v, k + 2, True) for v, k in scenes]))
     for r in pilot["rewards"].values():
-        r |= {"train_success_first": [0.25], "train_success_last": [0.5],
+        r |= {"train_success_first": [0.25], "train_success_last": [0.5], "paired": [paired],
               "train_success_per_iteration": [[0.25, 0.125, 0.5]], "divergence_per_iteration": [[0.01, 0.02, 0.034]]}
     lines = write_benchmarks_md.rl_section(None, {"rl_pilot_lr": pilot})
     assert lines[-4:-1] == ["", "- Pilot `rl_pilot_lr` (reward success; overrides finetune.lr=1e-4; 30 test scenes per "
-                                "variation): seed 2: 10.0 -> 20.0 % (on-policy train scenes 25 -> 50 %).",
+                                "variation): seed 2: 10.0 -> 20.0 %, paired over the 4 test scenes +50.0 [-41.9, "
+                                "+141.9] points (2 gained, 0 lost) (on-policy train scenes 25 -> 50 %).",
                             "  Seed 2, per iteration: on-policy success 25, 12, 50 %; divergence from the start "
                             "0.010 -> 0.034."]
     assert lines[-5].startswith("Pilots (they chose the design") and lines[-1] == ""
