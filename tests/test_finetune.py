@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -32,7 +33,7 @@ from mirroralign.finetune.rewards import (
     understanding_rewards,
     window_clips,
 )
-from mirroralign.finetune.run import finetune, rollout_plan
+from mirroralign.finetune.run import finetune, rollout_plan, sample_update_batch, update_lr
 from mirroralign.train import load_run
 
 SMALL = ["finetune.variations=[reach-left-low,drawer-open]", "eval.max_steps=20", "finetune.updates=3"]
@@ -132,10 +133,6 @@ def test_advantage_weights_by_hand():
 
 
 def test_update_batches_mix_demonstrations_and_rollouts_by_demo_fraction():
-    from types import SimpleNamespace
-
-    from mirroralign.finetune.run import sample_update_batch
-
     def steps(tag, n, weight=None):  # execution samples whose text_index tells where they came from
         item = {"images": torch.zeros(1, 2, 2), "proprio": torch.zeros(3), "actions": torch.zeros(4, 2),
                 "action_is_pad": torch.zeros(4, dtype=torch.bool), "text_index": tag}
@@ -150,10 +147,6 @@ def test_update_batches_mix_demonstrations_and_rollouts_by_demo_fraction():
 
 
 def test_learning_rate_schedules_by_hand():
-    from types import SimpleNamespace
-
-    from mirroralign.finetune.run import update_lr
-
     ft = SimpleNamespace(lr=1e-4, schedule="constant", iterations=4, updates=5)
     assert {update_lr(ft, i, u) for i in range(4) for u in range(5)} == {1e-4}
     ft.schedule = "cosine"  # 20 updates in all: update n of them at lr * (1 + cos(pi n / 20)) / 2
