@@ -33,7 +33,7 @@ from mirroralign.finetune.rewards import (
     understanding_rewards,
     window_clips,
 )
-from mirroralign.finetune.run import finetune, rollout_plan, sample_update_batch, update_lr
+from mirroralign.finetune.run import finetune, first_scene, rollout_plan, sample_update_batch, update_lr
 from mirroralign.train import load_run
 
 SMALL = ["finetune.variations=[reach-left-low,drawer-open]", "eval.max_steps=20", "finetune.updates=3"]
@@ -169,13 +169,20 @@ def test_awr_loss_by_hand():
     assert awr_loss(chunk, actions, pad, torch.zeros(2)).item() == 0.0
 
 
-def test_rollouts_use_train_scenes_only(tiny_dataset):
+def test_rollouts_use_train_scenes_only_and_fresh_ones_by_default(tiny_dataset):
     store = EpisodeStore(tiny_dataset)
     test_seeds = {store.episodes[e]["scene_seed"] for e in store.episode_ids("test")}
-    plans = [rollout_plan([0, 4], 3, i, 0) for i in range(4)]
-    seeds = [s for plan in plans for _, _, s in plan]
-    assert all(0 <= s < SPLIT_OFFSET["val"] for s in seeds) and not test_seeds & set(seeds)
-    assert [k for _, k, _ in plans[1]] == [3, 4, 5, 3, 4, 5]  # each iteration new scenes, shared by variations
+    demo_seeds = {store.episodes[e]["scene_seed"] for e in store.episode_ids("train")}
+    last_demo_k = max(store.episodes[e]["k"] for e in store.episode_ids("train"))
+    assert first_scene(store, "demonstrated") == 0 and first_scene(store, "fresh") == last_demo_k + 1
+    for first in (0, first_scene(store, "fresh")):
+        plans = [rollout_plan([0, 4], 3, i, 0, first) for i in range(4)]
+        seeds = [s for plan in plans for _, _, s in plan]
+        assert all(0 <= s < SPLIT_OFFSET["val"] for s in seeds) and not test_seeds & set(seeds)
+        ks = [first + 3, first + 4, first + 5]
+        assert [k for _, k, _ in plans[1]] == ks * 2  # each iteration new scenes, shared by variations
+    assert demo_seeds & {s for _, _, s in rollout_plan([0], 3, 0, 0, 0)}  # the demonstrations' own layouts
+    assert not demo_seeds & set(seeds)  # fresh: never a layout a demonstration was recorded on
 
 
 # ------------------------------------------------------------------------------------------------ end to end
@@ -201,7 +208,9 @@ def test_tiny_finetune_end_to_end_then_evaluate(mirror_run, tiny_dataset, tmp_pa
     store = EpisodeStore(tiny_dataset)
     test_seeds = {store.episodes[e]["scene_seed"] for e in store.episode_ids("test")}
     assert len(episodes) == 8 and {e["variation_id"] for e in episodes} == {"reach-left-low", "drawer-open"}
-    assert all(e["scene_seed"] < SPLIT_OFFSET["val"] and e["scene_seed"] not in test_seeds for e in episodes)
+    demo_seeds = {store.episodes[e]["scene_seed"] for e in store.episode_ids("train")}
+    assert all(e["scene_seed"] < SPLIT_OFFSET["val"] and e["scene_seed"] not in test_seeds | demo_seeds
+               for e in episodes)
     assert np.mean([e["reward"] for e in episodes if e["step"] == 1]) == pytest.approx(rows[0]["reward_mean"])
     assert any((out / "tensorboard").iterdir())
 
@@ -306,6 +315,9 @@ def test_bad_inputs_exit_2_and_write_nothing(mirror_run, tiny_dataset, imported_
         (dict(reward="success", overrides=["finetune.episodes=1"]), "finetune.episodes must be >= 2"),
         (dict(reward="success", overrides=["finetune.demo_fraction=1.5"]), r"demo_fraction in \[0, 1\]"),
         (dict(reward="success", overrides=["finetune.schedule=linear"]), "finetune.schedule must be one of"),
+        (dict(reward="success", overrides=["finetune.scenes=test"]), "finetune.scenes must be one of"),
+        (dict(reward="success", overrides=["finetune.iterations=150000", "finetune.episodes=2"]),
+         "runs past the train split's scene seeds"),
         (dict(reward="success", overrides=["finetune.variations=[nope]"]), "does not have: nope"),
         (dict(reward="success", overrides=["eval.max_steps=0"]), "eval.max_steps"),
         (dict(reward="nope"), "--reward must be one of"),

@@ -12,12 +12,12 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mirroralign.config import PRESETS, SEED_LIMIT, Config, validate
-from mirroralign.data.generate import SPLIT_OFFSET
 from mirroralign.errors import UsageError
 from mirroralign.finetune.rewards import REWARDS
 
 ALGOS = ("awr",)
 SCHEDULES = ("constant", "cosine")
+SCENES = ("fresh", "demonstrated")
 
 
 @dataclass
@@ -26,6 +26,8 @@ class FinetuneConfig:
     algo: str = "awr"  # see finetune/awr.py
     iterations: int = 12
     episodes: int = 4  # rollouts per variation and iteration (>= 2: the baseline is their mean)
+    scenes: str = "fresh"  # train scenes rolled out: fresh (after the demonstrations' last, layouts the policy was
+    # never shown) | demonstrated (from the first, the demonstrations' own layouts; before 2026-12-03 the only choice)
     updates: int = 60  # gradient steps per iteration
     batch_size: int = 32
     demo_fraction: float = 0.5  # of each batch: demonstration steps (the rest: this iteration's rollout steps);
@@ -77,8 +79,7 @@ def load_finetune_config(preset: str, overrides) -> FinetuneConfig:
         (ft.iterations > 0 and ft.updates > 0, "finetune.iterations and finetune.updates must be positive"),
         (ft.episodes >= 2, f"finetune.episodes must be >= 2 (an episode's baseline is the mean return of its "
                            f"variation's rollouts), got {ft.episodes}"),
-        (ft.iterations * ft.episodes <= SPLIT_OFFSET["val"], "finetune.iterations * finetune.episodes exceeds the "
-                                                             "train split's scene seeds"),
+        (ft.scenes in SCENES, f"finetune.scenes must be one of {', '.join(SCENES)}, got {ft.scenes!r}"),
         (ft.batch_size >= 2 and 0 <= ft.demo_fraction <= 1, "finetune.batch_size must be >= 2 and "
                                                             "finetune.demo_fraction in [0, 1]"),
         (ft.lr > 0 and ft.weight_decay >= 0 and ft.grad_clip > 0, "finetune.lr and grad_clip must be positive, "

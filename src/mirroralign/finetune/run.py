@@ -6,7 +6,8 @@ layout as `train`'s (step = iteration), so `evaluate` and `analyze` take it as a
 scenes it never saw.
 
 Iteration i: (1) roll the policy out with Laplace exploration noise on `episodes` train scenes per variation:
-episode j of variation v runs train scene k = i * episodes + j, its noise drawn from an RNG seeded by
+episode j of variation v runs train scene k = k0 + i * episodes + j (k0: see `first_scene`), its noise drawn from an
+RNG seeded by
 (seed, i, v, k), its chunks from a forward pass of its own (a batch of one), so that no episode depends on which
 others the workers happen to run beside it; (2) reward them and measure the learned reward against true success;
 (3) `updates` AdamW steps on batches of demonstration and rollout steps drawn from an RNG seeded by (seed, i, u);
@@ -43,7 +44,7 @@ from mirroralign.checkpoint import (
     truncate_metrics,
 )
 from mirroralign.data.datasets import AgentSteps, empty_split_error, to_chw
-from mirroralign.data.generate import scene_seed
+from mirroralign.data.generate import SPLIT_OFFSET, scene_seed
 from mirroralign.data.store import EpisodeStore
 from mirroralign.envs import check_simulator
 from mirroralign.errors import DataError, UsageError
@@ -56,10 +57,19 @@ from mirroralign.train import NumericalError, load_run, pick_device, warmup_cosi
 STEP_KEYS = ("images", "proprio", "actions", "action_is_pad", "text_index")
 
 
-def rollout_plan(variations: list[int], episodes: int, iteration: int, data_seed: int) -> list[tuple[int, int, int]]:
-    """(variation, k, scene seed) of iteration i's rollouts: train scenes k = i * episodes + j, never a test one."""
-    return [(v, k, scene_seed(data_seed, "train", k)) for v in variations
-            for k in range(iteration * episodes, (iteration + 1) * episodes)]
+def first_scene(store: EpisodeStore, scenes: str) -> int:
+    """k0, the first train scene rolled out: with `fresh`, one past the last scene any demonstration was recorded
+    on, so the policy learns from layouts it was never shown (its successes there widen what BC covers; on the
+    demonstrations' own layouts they mostly repeat the demonstrations); with `demonstrated`, 0."""
+    return 0 if scenes == "demonstrated" else 1 + max(store.episodes[e]["k"] for e in store.episode_ids("train"))
+
+
+def rollout_plan(variations: list[int], episodes: int, iteration: int, data_seed: int,
+                 first: int = 0) -> list[tuple[int, int, int]]:
+    """(variation, k, scene seed) of iteration i's rollouts: train scenes k = first + i * episodes + j, never a test
+    one (the caller keeps k below the val split's offset)."""
+    start = first + iteration * episodes
+    return [(v, k, scene_seed(data_seed, "train", k)) for v in variations for k in range(start, start + episodes)]
 
 
 def exploring_act(ft, iteration: int, clip: bool):
@@ -190,6 +200,10 @@ def finetune(run: str | Path, data: str | Path, out: str | Path, reward: str = "
     if unknown:
         raise UsageError(f"finetune.variations names variations --data does not have: {', '.join(unknown)}")
     rolled = sorted(store.variation_index[v] for v in ft.variations) or list(range(len(store.variations)))
+    first = first_scene(store, ft.scenes)
+    if first + ft.iterations * ft.episodes > SPLIT_OFFSET["val"]:
+        raise UsageError(f"finetune.iterations * finetune.episodes ({ft.iterations * ft.episodes}) from train scene "
+                         f"{first} on runs past the train split's scene seeds ({SPLIT_OFFSET['val']})")
     judge = _validated_scorer(scorer, store, ft.reward) if scorer is not None else None
     config = parent_config(parent.config, theirs)
     out = Path(out)
@@ -249,7 +263,7 @@ def finetune(run: str | Path, data: str | Path, out: str | Path, reward: str = "
             t0 = time.perf_counter()
             policy.eval()
             records, stats = run_rollouts(policy, store, config, progress=False,
-                                          plan=rollout_plan(rolled, ft.episodes, i, data_seed),
+                                          plan=rollout_plan(rolled, ft.episodes, i, data_seed, first),
                                           act=exploring_act(ft, i, clip))
             success = np.array([r["success"] for r in records], dtype=float)
             returns = success if scoring is None else scoring(records)
