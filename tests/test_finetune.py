@@ -138,12 +138,33 @@ def test_update_batches_mix_demonstrations_and_rollouts_by_demo_fraction():
                 "action_is_pad": torch.zeros(4, dtype=torch.bool), "text_index": tag}
         return [{**item, "weight": weight} if weight is not None else item for _ in range(n)]
 
-    demos, rollouts = steps(0, 5), steps(1, 7, weight=3.0)
-    for fraction, n_demo in [(0.5, 4), (0.25, 2), (1.0, 8), (0.0, 0)]:
-        ft = SimpleNamespace(seed=0, batch_size=8, demo_fraction=fraction, demo_weight=0.5)
-        batch = sample_update_batch(demos, rollouts, ft, iteration=1, update=2, device="cpu")
-        assert batch["text_index"].tolist() == [0] * n_demo + [1] * (8 - n_demo)
-        assert batch["weight"].tolist() == [0.5] * n_demo + [3.0] * (8 - n_demo)  # 1: the null control
+    class Rollouts(list):  # RolloutSteps' interface: the steps and their episodes' weights
+        def __init__(self, items):
+            super().__init__(items)
+            self.step_weights = torch.tensor([float(x["weight"]) for x in items], dtype=torch.float64)
+
+    demos, rollouts = steps(0, 5), Rollouts(steps(1, 7, weight=3.0))
+    for sampling in ("uniform", "weighted"):
+        for fraction, n_demo in [(0.5, 4), (0.25, 2), (1.0, 8), (0.0, 0)]:
+            ft = SimpleNamespace(seed=0, batch_size=8, demo_fraction=fraction, demo_weight=0.5, sampling=sampling)
+            batch = sample_update_batch(demos, rollouts, ft, iteration=1, update=2, device="cpu")
+            assert batch["text_index"].tolist() == [0] * n_demo + [1] * (8 - n_demo)  # 1.0: the null control
+            rollout_weight = 3.0 if sampling == "uniform" else 1.0  # weighted: the draw holds the weight
+            assert batch["weight"].tolist() == [0.5] * n_demo + [rollout_weight] * (8 - n_demo)
+
+    # filtered BC's weights: 0 for a failure, 1 for a success. Weighted sampling draws successes only, each weighing
+    # 1; uniform draws both (here 100 draws of 4 failures and 1 success: failures too) with their own weights
+    mixed = Rollouts([{**x, "text_index": t, "weight": float(t == 7)} for x, t in zip(steps(0, 5), (3, 4, 7, 5, 6))])
+    ft = SimpleNamespace(seed=0, batch_size=100, demo_fraction=0.0, demo_weight=1.0, sampling="weighted")
+    batch = sample_update_batch(demos, mixed, ft, iteration=0, update=0, device="cpu")
+    assert set(batch["text_index"].tolist()) == {7} and set(batch["weight"].tolist()) == {1.0}
+    ft.sampling = "uniform"
+    batch = sample_update_batch(demos, mixed, ft, iteration=0, update=0, device="cpu")
+    assert set(batch["text_index"].tolist()) == {3, 4, 5, 6, 7}
+    assert all(w == float(t == 7) for t, w in zip(batch["text_index"].tolist(), batch["weight"].tolist()))
+    failures = Rollouts([{**x, "weight": 0.0} for x in steps(2, 3)])  # nothing to imitate: drawn alike, weight 0
+    ft.sampling = "weighted"
+    assert set(sample_update_batch(demos, failures, ft, 0, 0, "cpu")["weight"].tolist()) == {0.0}
 
 
 def test_learning_rate_schedules_by_hand():
@@ -316,6 +337,7 @@ def test_bad_inputs_exit_2_and_write_nothing(mirror_run, tiny_dataset, imported_
         (dict(reward="success", overrides=["finetune.demo_fraction=1.5"]), r"demo_fraction in \[0, 1\]"),
         (dict(reward="success", overrides=["finetune.schedule=linear"]), "finetune.schedule must be one of"),
         (dict(reward="success", overrides=["finetune.scenes=test"]), "finetune.scenes must be one of"),
+        (dict(reward="success", overrides=["finetune.sampling=greedy"]), "finetune.sampling must be one of"),
         (dict(reward="success", overrides=["finetune.iterations=150000", "finetune.episodes=2"]),
          "runs past the train split's scene seeds"),
         (dict(reward="success", overrides=["finetune.variations=[nope]"]), "does not have: nope"),

@@ -18,6 +18,7 @@ from mirroralign.finetune.rewards import REWARDS
 ALGOS = ("awr",)
 SCHEDULES = ("constant", "cosine")
 SCENES = ("fresh", "demonstrated")
+SAMPLINGS = ("weighted", "uniform")
 
 
 @dataclass
@@ -32,7 +33,10 @@ class FinetuneConfig:
     batch_size: int = 32
     demo_fraction: float = 0.5  # of each batch: demonstration steps (the rest: this iteration's rollout steps);
     # 1: the null control, which rolls out and scores as usual but learns from the demonstrations only
-    demo_weight: float = 1.0  # a demonstration step's weight in the loss (a rollout step's: its advantage weight)
+    demo_weight: float = 1.0  # a demonstration step's weight in the loss (a rollout step's: see `sampling`)
+    sampling: str = "weighted"  # rollout steps drawn in proportion to their episode's advantage weight, each then
+    # weighing 1, so the rollouts' share of the loss is 1 - demo_fraction; uniform: drawn alike, each weighing its
+    # episode's weight (filtered BC then spends most rollout draws on weight-0 failures; before 2026-12-03 the only one)
     lr: float = 3e-5
     schedule: str = "constant"  # constant | cosine: lr decayed to zero over all iterations' updates (as train's)
     weight_decay: float = 0.0
@@ -80,6 +84,7 @@ def load_finetune_config(preset: str, overrides) -> FinetuneConfig:
         (ft.episodes >= 2, f"finetune.episodes must be >= 2 (an episode's baseline is the mean return of its "
                            f"variation's rollouts), got {ft.episodes}"),
         (ft.scenes in SCENES, f"finetune.scenes must be one of {', '.join(SCENES)}, got {ft.scenes!r}"),
+        (ft.sampling in SAMPLINGS, f"finetune.sampling must be one of {', '.join(SAMPLINGS)}, got {ft.sampling!r}"),
         (ft.batch_size >= 2 and 0 <= ft.demo_fraction <= 1, "finetune.batch_size must be >= 2 and "
                                                             "finetune.demo_fraction in [0, 1]"),
         (ft.lr > 0 and ft.weight_decay >= 0 and ft.grad_clip > 0, "finetune.lr and grad_clip must be positive, "

@@ -100,6 +100,7 @@ class RolloutSteps:
                           "text_index": store.canonical_text[r["variation"]], "weight": float(w)}
                          for r, w in zip(records, weights)]
         self.index = [(e, t) for e, ep in enumerate(self.episodes) for t in range(len(ep["actions"]))]
+        self.step_weights = torch.tensor([self.episodes[e]["weight"] for e, _ in self.index], dtype=torch.float64)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -127,18 +128,24 @@ def update_lr(ft, iteration: int, update: int) -> float:
 
 def sample_update_batch(demos, rollouts: RolloutSteps, ft, iteration: int, update: int, device) -> dict:
     """`batch_size` samples, `demo_fraction` of them demonstration steps (weight `demo_weight`), the rest this
-    iteration's rollout steps, all drawn (with their augmentation seeds) from an RNG seeded by (seed, i, u)."""
+    iteration's rollout steps, all drawn (with their augmentation seeds) from an RNG seeded by (seed, i, u).
+    Rollout steps: `weighted`, drawn with probability in proportion to their weight and weighing 1 (uniformly,
+    weighing 0, when every weight is 0); `uniform`, drawn alike and weighing their own weight."""
     g = torch.Generator().manual_seed(update_seed(ft.seed, iteration, update))
     n_demo = round(ft.batch_size * ft.demo_fraction)
+    n_rollout = ft.batch_size - n_demo
     picks = [(demos, i) for i in torch.randint(len(demos), (n_demo,), generator=g).tolist()]
-    picks += [(rollouts, i) for i in torch.randint(len(rollouts), (ft.batch_size - n_demo,), generator=g).tolist()]
+    weighted = ft.sampling == "weighted" and n_rollout and rollouts.step_weights.sum() > 0
+    drawn = (torch.multinomial(rollouts.step_weights, n_rollout, replacement=True, generator=g) if weighted else
+             torch.randint(len(rollouts), (n_rollout,), generator=g))
+    picks += [(rollouts, i) for i in drawn.tolist()]
     seeds = torch.randint(2 ** 62, (len(picks),), generator=g).tolist()
     items = []
     for (source, i), seed in zip(picks, seeds):
         torch.default_generator.manual_seed(seed)  # the demonstrations' paraphrase choice
         item = source[i]
-        items.append({**{k: item[k] for k in STEP_KEYS}, "sample_seed": seed,
-                      "weight": float(item.get("weight", ft.demo_weight))})
+        weight = ft.demo_weight if source is demos else 1.0 if weighted else item["weight"]
+        items.append({**{k: item[k] for k in STEP_KEYS}, "sample_seed": seed, "weight": float(weight)})
     batch = default_collate(items)
     batch["weight"] = batch["weight"].float()
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
