@@ -413,14 +413,19 @@ def rl_pilot_lines(pilots: dict[str, dict]) -> list[str]:
                                  f"{100 * f:.0f} -> {100 * la:.0f} %)" for s, b, a, p, f, la in
                                  zip(pilot["seeds"], r["before"], r["after"], paired, r["train_success_first"],
                                      r["train_success_last"]))
-            lines.append(f"- Pilot `{name}` (reward {reward}; overrides {', '.join(pilot['overrides'])}; "
+            code = f"code {', '.join(pilot['seed_commits'])}; " if pilot.get("seed_commits") else ""
+            lines.append(f"- Pilot `{name}` (reward {reward}; {code}overrides {', '.join(pilot['overrides'])}; "
                          f"{pilot['episodes_per_variation']} test scenes per variation): {per_seed}.")
             for s, series, divergence in zip(pilot["seeds"], r.get("train_success_per_iteration", []),
                                              r.get("divergence_per_iteration", [])):
                 rates = ", ".join(f"{100 * x:.0f}" for x in series)
                 lines.append(f"  Seed {s}, per iteration: on-policy success {rates} %; divergence from the start "
                              f"{divergence[0]:.3f} -> {divergence[-1]:.3f}.")
-    return ["Pilots (they chose the design; not part of the results):", "", *lines, ""] if lines else []
+    head = ("Pilots (they chose the design; not part of the results). Code before ba5816b / 3e90654 (2026-12-03) "
+            "rolled out on the demonstrations' own train scenes and drew rollout steps alike (today's "
+            "`finetune.scenes=demonstrated`, `finetune.sampling=uniform`); later code defaults to fresh scenes and "
+            "weighted draws:")
+    return [head, "", *lines, ""] if lines else []
 
 
 def rl_section(result: dict | None, pilots: dict[str, dict] | None = None) -> list[str]:

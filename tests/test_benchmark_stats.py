@@ -210,7 +210,8 @@ def test_rl_finetune_results_pair_before_and_after_by_seed_and_reach_benchmarks_
     assert section.count("MUJOCO_GL=") == 1  # the machine once, in the status line, not again as the table's footer
     assert write_benchmarks_md.rl_section(None)[-2].startswith("_Not run yet_")
     pilot = summarise([(2, {"success": done[0][1]["success"]})], [2]) | {"overrides": ["finetune.lr=1e-4"],
-                                                                          "episodes_per_variation": 30}
+                                                                          "episodes_per_variation": 30,
+                                                                          "seed_commits": ["abc1234"]}
     def evaluation(successes):  # evaluate's metrics: the same four test scenes, listed in another order
         return {"rollouts": {"episodes": [{"variation_id": v, "scene_seed": k, "success": ok}
                                           for v, k, ok in sorted(successes, reverse=True)]}}
@@ -228,8 +229,8 @@ def test_rl_finetune_results_pair_before_and_after_by_seed_and_reach_benchmarks_
         r |= {"train_success_first": [0.25], "train_success_last": [0.5], "paired": [paired],
               "train_success_per_iteration": [[0.25, 0.125, 0.5]], "divergence_per_iteration": [[0.01, 0.02, 0.034]]}
     lines = write_benchmarks_md.rl_section(None, {"rl_pilot_lr": pilot})
-    assert lines[-4:-1] == ["", "- Pilot `rl_pilot_lr` (reward success; overrides finetune.lr=1e-4; 30 test scenes per "
-                                "variation): seed 2: 10.0 -> 20.0 %, paired over the 4 test scenes +50.0 [-41.9, "
+    assert lines[-4:-1] == ["", "- Pilot `rl_pilot_lr` (reward success; code abc1234; overrides finetune.lr=1e-4; 30 "
+                                "test scenes per variation): seed 2: 10.0 -> 20.0 %, paired over the 4 test scenes +50.0 [-41.9, "
                                 "+141.9] points (2 gained, 0 lost) (on-policy train scenes 25 -> 50 %).",
                             "  Seed 2, per iteration: on-policy success 25, 12, 50 %; divergence from the start "
                             "0.010 -> 0.034."]
