@@ -33,7 +33,17 @@ from mirroralign.finetune.rewards import (
     understanding_rewards,
     window_clips,
 )
-from mirroralign.finetune.run import finetune, first_scene, rollout_plan, sample_update_batch, update_lr
+from mirroralign.errors import DataError
+from mirroralign.finetune.run import (
+    buffer_window,
+    finetune,
+    first_scene,
+    load_kept,
+    rollout_plan,
+    sample_update_batch,
+    save_kept,
+    update_lr,
+)
 from mirroralign.train import load_run
 
 SMALL = ["finetune.variations=[reach-left-low,drawer-open]", "eval.max_steps=20", "finetune.updates=3"]
@@ -167,6 +177,31 @@ def test_update_batches_mix_demonstrations_and_rollouts_by_demo_fraction():
     assert set(sample_update_batch(demos, failures, ft, 0, 0, "cpu")["weight"].tolist()) == {0.0}
 
 
+def test_rollout_buffer_keeps_what_can_be_drawn_and_reads_it_back_intact(tmp_path):
+    assert list(buffer_window(1, 5)) == [] and list(buffer_window(3, 5)) == [3, 4] and list(buffer_window(3, 1)) == [0]
+    assert list(buffer_window(0, 4)) == [0, 1, 2, 3]  # 0: every earlier iteration
+    rng = np.random.default_rng(0)
+    episodes = [{"agent": rng.integers(0, 255, (n, 2, 3, 4, 4), dtype=np.uint8),
+                 "proprio": rng.normal(size=(n, 5)).astype(np.float32),
+                 "actions": rng.normal(size=(n, 4)).astype(np.float32), "text_index": t, "weight": w}
+                for n, t, w in [(3, 0, 0.0), (5, 1, 1.0), (2, 4, 0.37)]]
+    kept, sha = save_kept(tmp_path, 2, episodes)
+    assert [ep["text_index"] for ep in kept] == [1, 4]  # a weight-0 episode can never be drawn: not kept
+    back = load_kept(tmp_path, 2, sha)
+    for a, b in zip(kept, back):
+        assert a.keys() == b.keys() and a["weight"] == b["weight"] and a["text_index"] == b["text_index"]
+        for k in ("agent", "proprio", "actions"):
+            assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k])
+    path = tmp_path / "rollouts" / "iteration_0000002.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="rollout buffer damaged"):
+        load_kept(tmp_path, 2, sha)
+    with pytest.raises(DataError, match="rollout buffer missing"):
+        load_kept(tmp_path, 3, sha)
+
+
 def test_learning_rate_schedules_by_hand():
     ft = SimpleNamespace(lr=1e-4, schedule="constant", iterations=4, updates=5)
     assert {update_lr(ft, i, u) for i in range(4) for u in range(5)} == {1e-4}
@@ -233,7 +268,7 @@ def test_tiny_finetune_end_to_end_then_evaluate(mirror_run, tiny_dataset, tmp_pa
     assert all(e["scene_seed"] < SPLIT_OFFSET["val"] and e["scene_seed"] not in test_seeds | demo_seeds
                for e in episodes)
     assert np.mean([e["reward"] for e in episodes if e["step"] == 1]) == pytest.approx(rows[0]["reward_mean"])
-    assert any((out / "tensorboard").iterdir())
+    assert any((out / "tensorboard").iterdir()) and not (out / "rollouts").exists()  # buffer 1: nothing kept
 
     # a run as any other: load_run builds it, its policy moved from the parent's, evaluate rolls it out
     ft, parent = load_run(out), load_run(mirror_run)
@@ -275,11 +310,13 @@ def _stopped(args, out, sig):
 
 def test_killed_or_interrupted_finetune_resumes_exactly(mirror_run, tiny_dataset, tmp_path):
     args = ["finetune", "--run", mirror_run, "--data", tiny_dataset, "--reward", "success", "--preset", "tiny",
-            *SMALL, "finetune.schedule=cosine"]  # the resumed run's learning rate follows (iteration, update) too
+            *SMALL, "finetune.schedule=cosine",  # the resumed run's learning rate follows (iteration, update) too
+            "finetune.buffer=0"]  # and its updates draw from every earlier iteration's rollouts, read back from disk
     r = run_cli(*args, "--out", tmp_path / "straight")
     assert r.returncode == 0, r.stderr
     step, weights, rows, episodes = _final(tmp_path / "straight")
     assert step == 3 and [row["step"] for row in rows] == [1, 2, 3]
+    assert [row["buffer_episodes"] for row in rows] == [4, 8, 12]  # AWR (beta 1): every weight > 0, all kept
 
     code, _ = _stopped(args, tmp_path / "killed", signal.SIGKILL)
     assert code == -signal.SIGKILL
@@ -338,6 +375,7 @@ def test_bad_inputs_exit_2_and_write_nothing(mirror_run, tiny_dataset, imported_
         (dict(reward="success", overrides=["finetune.schedule=linear"]), "finetune.schedule must be one of"),
         (dict(reward="success", overrides=["finetune.scenes=test"]), "finetune.scenes must be one of"),
         (dict(reward="success", overrides=["finetune.sampling=greedy"]), "finetune.sampling must be one of"),
+        (dict(reward="success", overrides=["finetune.buffer=-1"]), "finetune.buffer must be >= 0"),
         (dict(reward="success", overrides=["finetune.iterations=150000", "finetune.episodes=2"]),
          "runs past the train split's scene seeds"),
         (dict(reward="success", overrides=["finetune.variations=[nope]"]), "does not have: nope"),

@@ -73,7 +73,7 @@ def save_checkpoint(run: Path, step: int, models: nn.ModuleDict, optimizer: torc
     return path
 
 
-def _safetensors_metadata(data: bytes) -> dict:
+def safetensors_metadata(data: bytes) -> dict:
     n = int.from_bytes(data[:8], "little")
     return json.loads(data[8:8 + n]).get("__metadata__") or {}
 
@@ -88,7 +88,7 @@ def load_checkpoint_tensors(path: Path, meta: dict, record_path: Path | None = N
         raise DataError(f"checkpoint damaged: {path} does not match the sha256 in {record_path or 'its record'}")
     try:
         tensors = load_safetensors(data)
-        sealed = _safetensors_metadata(data).get(SEALED_RECORD)
+        sealed = safetensors_metadata(data).get(SEALED_RECORD)
     except Exception as err:
         raise DataError(f"checkpoint damaged: {path} ({str(err).strip().splitlines()[0]})") from None
     if sealed is not None and json.loads(sealed) != {k: v for k, v in meta.items() if k != "sha256"}:

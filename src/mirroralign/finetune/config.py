@@ -37,6 +37,8 @@ class FinetuneConfig:
     sampling: str = "weighted"  # rollout steps drawn in proportion to their episode's advantage weight, each then
     # weighing 1, so the rollouts' share of the loss is 1 - demo_fraction; uniform: drawn alike, each weighing its
     # episode's weight (filtered BC then spends most rollout draws on weight-0 failures; before 2026-12-03 the only one)
+    buffer: int = 1  # iterations whose rollouts the updates draw from: 1, this one's; N, this one's and those of
+    # weight > 0 from the N - 1 before (a success found once is imitated again later); 0, every iteration's so far
     lr: float = 3e-5
     schedule: str = "constant"  # constant | cosine: lr decayed to zero over all iterations' updates (as train's)
     weight_decay: float = 0.0
@@ -91,6 +93,7 @@ def load_finetune_config(preset: str, overrides) -> FinetuneConfig:
                                                                   "weight_decay >= 0"),
         (ft.noise >= 0 and ft.temperature >= 0 and ft.max_weight >= 1 and ft.demo_weight >= 0,
          "finetune.noise, temperature and demo_weight must be >= 0, max_weight >= 1"),
+        (ft.buffer >= 0, f"finetune.buffer must be >= 0 (0: every iteration's rollouts), got {ft.buffer}"),
         (ft.windows >= 1 and ft.probe_steps >= 1, "finetune.windows and finetune.probe_steps must be positive"),
         (0 <= ft.seed < SEED_LIMIT, f"finetune.seed must be in 0..{SEED_LIMIT - 1}, got {ft.seed}"),
     ]

@@ -7,11 +7,12 @@ scenes it never saw.
 
 Iteration i: (1) roll the policy out with Laplace exploration noise on `episodes` train scenes per variation:
 episode j of variation v runs train scene k = k0 + i * episodes + j (k0: see `first_scene`), its noise drawn from an
-RNG seeded by
-(seed, i, v, k), its chunks from a forward pass of its own (a batch of one), so that no episode depends on which
-others the workers happen to run beside it; (2) reward them and measure the learned reward against true success;
-(3) `updates` AdamW steps on batches of demonstration and rollout steps drawn from an RNG seeded by (seed, i, u);
-(4) checkpoint. A run resumed from its last checkpoint therefore redoes the same rollouts and the same updates.
+RNG seeded by (seed, i, v, k), its chunks from a forward pass of its own (a batch of one), so that no episode
+depends on which others the workers happen to run beside it; (2) reward them and measure the learned reward
+against true success; (3) `updates` AdamW steps on batches of demonstration steps and rollout steps (this
+iteration's, and with `buffer` the kept ones of earlier iterations, read back from OUT/rollouts on a resume) drawn
+from an RNG seeded by (seed, i, u); (4) checkpoint. A run resumed from its last checkpoint therefore redoes the
+same rollouts and the same updates.
 Ctrl-C during the updates finishes the iteration, checkpoints it and exits 130; during the rollouts it drops
 that iteration's rollouts (the resume redoes them) and exits 130.
 """
@@ -19,6 +20,7 @@ that iteration's rollouts (the resume redoes them) and exits 130.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import signal
@@ -30,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import OmegaConf
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 from torch import nn
 from torch.utils.data import default_collate
 from tqdm import tqdm
@@ -39,13 +43,14 @@ from mirroralign.checkpoint import (
     last_checkpoint,
     prepare_run_dir,
     restore,
+    safetensors_metadata,
     save_checkpoint,
     start_run_dir,
     truncate_metrics,
 )
 from mirroralign.data.datasets import AgentSteps, empty_split_error, to_chw
 from mirroralign.data.generate import SPLIT_OFFSET, scene_seed
-from mirroralign.data.store import EpisodeStore
+from mirroralign.data.store import EpisodeStore, write_bytes_atomic
 from mirroralign.envs import check_simulator
 from mirroralign.errors import DataError, UsageError
 from mirroralign.evaluate.rollouts import policy_actions, run_rollouts
@@ -90,17 +95,22 @@ def exploring_act(ft, iteration: int, clip: bool):
 
 
 class RolloutSteps:
-    """The steps of scored rollouts as execution samples (as `AgentSteps`), each with its episode's weight."""
+    """The steps of scored rollouts as execution samples (as `AgentSteps`), each with its episode's weight.
+    An episode: {"agent": [T, cameras, 3, H, W] uint8, "proprio", "actions", "text_index", "weight"}."""
 
-    def __init__(self, records: list[dict], store: EpisodeStore, horizon: int, weights):
-        cams = store.manifest["cameras"]["agent"]
+    def __init__(self, episodes: list[dict], horizon: int):
         self.horizon = horizon
-        self.episodes = [{"agent": np.stack([to_chw(r["arrays"][f"agent.{c}"]) for c in cams], axis=1),
-                          "proprio": r["arrays"]["proprio"], "actions": r["arrays"]["actions"],
-                          "text_index": store.canonical_text[r["variation"]], "weight": float(w)}
-                         for r, w in zip(records, weights)]
+        self.episodes = episodes
         self.index = [(e, t) for e, ep in enumerate(self.episodes) for t in range(len(ep["actions"]))]
         self.step_weights = torch.tensor([self.episodes[e]["weight"] for e, _ in self.index], dtype=torch.float64)
+
+    @staticmethod
+    def episodes_of(records: list[dict], store: EpisodeStore, weights) -> list[dict]:
+        cams = store.manifest["cameras"]["agent"]
+        return [{"agent": np.stack([to_chw(r["arrays"][f"agent.{c}"]) for c in cams], axis=1),
+                 "proprio": r["arrays"]["proprio"], "actions": r["arrays"]["actions"],
+                 "text_index": store.canonical_text[r["variation"]], "weight": float(w)}
+                for r, w in zip(records, weights)]
 
     def __len__(self) -> int:
         return len(self.index)
@@ -114,6 +124,44 @@ class RolloutSteps:
                 "actions": torch.from_numpy(ep["actions"][np.minimum(idx, length - 1)]),
                 "action_is_pad": torch.from_numpy(idx >= length), "text_index": ep["text_index"],
                 "weight": ep["weight"]}
+
+
+# The rollout buffer (finetune.buffer != 1): each iteration's episodes of weight > 0, the only ones a weighted draw
+# of a later iteration can pick, in OUT/rollouts, their sha256 in that iteration's metrics row, so that a resumed
+# run draws from the same episodes (and a damaged file is caught) without redoing rollouts of a policy long gone.
+BUFFER = "rollouts"
+EPISODE_ARRAYS = ("agent", "proprio", "actions")
+
+
+def buffer_window(buffer: int, iteration: int) -> range:
+    """The earlier iterations whose kept episodes iteration i's updates draw from."""
+    return range(0 if buffer == 0 else max(0, iteration - buffer + 1), iteration)
+
+
+def save_kept(out: Path, iteration: int, episodes: list[dict]) -> tuple[list[dict], str]:
+    """Iteration i's episodes of weight > 0, written to OUT/rollouts; returns them and the file's sha256."""
+    kept = [ep for ep in episodes if ep["weight"] > 0]
+    tensors = {f"{j}.{k}": torch.from_numpy(np.ascontiguousarray(ep[k])) for j, ep in enumerate(kept)
+               for k in EPISODE_ARRAYS}
+    meta = [{"text_index": int(ep["text_index"]), "weight": ep["weight"]} for ep in kept]
+    data = save_safetensors(tensors, metadata={"episodes": json.dumps(meta)})
+    (out / BUFFER).mkdir(exist_ok=True)
+    write_bytes_atomic(out / BUFFER / f"iteration_{iteration:07d}.safetensors", data)
+    return kept, hashlib.sha256(data).hexdigest()
+
+
+def load_kept(out: Path, iteration: int, sha256: str | None) -> list[dict]:
+    """What `save_kept` wrote for iteration i, once its bytes match the sha256 its metrics row recorded."""
+    path = out / BUFFER / f"iteration_{iteration:07d}.safetensors"
+    if not path.is_file() or sha256 is None:
+        raise DataError(f"rollout buffer missing: {path} (finetune.buffer draws from iteration {iteration}'s "
+                        f"rollouts; start OUT afresh)")
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise DataError(f"rollout buffer damaged: {path} does not match the sha256 in metrics.jsonl")
+    tensors = load_safetensors(data)
+    meta = json.loads(safetensors_metadata(data)["episodes"])
+    return [{**{k: tensors[f"{j}.{k}"].numpy() for k in EPISODE_ARRAYS}, **m} for j, m in enumerate(meta)]
 
 
 def update_seed(seed: int, iteration: int, update: int) -> int:
@@ -252,6 +300,7 @@ def finetune(run: str | Path, data: str | Path, out: str | Path, reward: str = "
         return out
     history = _read_rows(out / "metrics.jsonl")
     env_steps_total = history[-1]["env_steps_total"] if history else 0
+    kept, buffer_sha = {}, {row["iteration"]: row.get("buffer_sha256") for row in history}  # finetune.buffer != 1
     launch = {"world_size": 1, "backend": None, "device": device.type, "global_batch_size": ft.batch_size,
               "batch_size_per_rank": ft.batch_size}
 
@@ -275,7 +324,12 @@ def finetune(run: str | Path, data: str | Path, out: str | Path, reward: str = "
             success = np.array([r["success"] for r in records], dtype=float)
             returns = success if scoring is None else scoring(records)
             weights = advantage_weights(returns, [r["variation"] for r in records], ft.temperature, ft.max_weight)
-            rollouts = RolloutSteps(records, store, horizon, weights)
+            episodes = RolloutSteps.episodes_of(records, store, weights)
+            if ft.buffer != 1:
+                window = buffer_window(ft.buffer, i)  # read back from disk only on a resume
+                kept = {j: kept[j] if j in kept else load_kept(out, j, buffer_sha.get(j)) for j in window}
+                kept[i], buffer_sha[i] = save_kept(out, i, episodes)
+            rollouts = RolloutSteps(episodes + [ep for j in buffer_window(ft.buffer, i) for ep in kept[j]], horizon)
             steps = sum(r["steps"] for r in records)
             env_steps_total += steps
             t_rollout = time.perf_counter() - t0
@@ -304,6 +358,8 @@ def finetune(run: str | Path, data: str | Path, out: str | Path, reward: str = "
                 row = _row(i, records, success, returns, weights, scoring is not None, history, steps,
                            env_steps_total, losses, norms, divergence, stats, t_rollout, time.perf_counter() - t0)
                 row["lr"] = optimizer.param_groups[0]["lr"]  # the iteration's last update's
+                if ft.buffer != 1:
+                    row.update(buffer_episodes=len(rollouts.episodes), buffer_sha256=buffer_sha[i])
                 # rows first, then the checkpoint (as train): a resume drops the rows of a step never checkpointed
                 for r, ret, w in zip(records, returns, weights):
                     episodes_log.write(json.dumps({
