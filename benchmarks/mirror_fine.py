@@ -10,7 +10,8 @@ finished arm of a seed (baseline or mirror) leaves benchmarks/results/mirror_fin
 --seeds-dir), which is committed: an arm once finished is never rerun, even on a machine where ROOT (the dataset and
 the runs) has not survived. The arms run as separate processes, `--jobs` at a time (both arms of a seed at once),
 each with one torch thread (_common.run_parts).
-Results are rewritten after every seed: benchmarks/results/mirror_fine.{json,md}. `--report SEED` renders that
+Without --seeds it runs what the design asks for: seeds 0-9, then 10-14 once the pre-registered extension rule
+fires on seeds 0-9's spread (`design`). Results are rewritten after every seed: benchmarks/results/mirror_fine.{json,md}. `--report SEED` renders that
 seed's HTML report (benchmarks/results/mirror_fine_report.html) while its runs are on the machine.
 """
 
@@ -28,6 +29,7 @@ from mirroralign.stats import holm, paired_t, seeds_for_half_width
 
 PRESET = "fine"
 SEEDS = 10  # the pre-registered number (BENCHMARKS.md, power computation)
+EXTENSION = 5  # seeds 10-14, run once if the rule below fires on seeds 0-9's spread
 PRIMARY = ("success", "recognition_per_task_train", "recognition_per_task_heldout")
 HALF_WIDTH_DESIGN, HALF_WIDTH_DONE = 2.0, 2.5  # points: what the seed count aims at, what the issue accepts
 PREREGISTERED = {
@@ -206,12 +208,29 @@ def summarise(done: list[dict], seeds_planned: list[int]) -> tuple[dict, list]:
     return results, table
 
 
+def design(finished: SeedResults) -> tuple[list[int], dict | None]:
+    """The seeds the pre-registration asks for: 0-9, then 10-14 if after those a primary's half-width exceeds
+    HALF_WIDTH_DONE. Decided on seeds 0-9 alone, so it never changes once they are in; their verdicts are kept
+    beside the final ones. The extension is None until seeds 0-9 are all finished."""
+    registered = list(range(SEEDS))
+    first = [seed_of(arms) for _, arms in finished.complete(registered, ARMS)]
+    if len(first) < SEEDS:
+        return registered, None
+    at_registered = summarise(first, registered)[0]["comparison"]
+    widths = {k: at_registered[k]["half_width"] or 0.0 for k in PRIMARY}  # None: no spread at all over 10 seeds
+    triggered = any(w > HALF_WIDTH_DONE for w in widths.values())
+    return list(range(SEEDS + EXTENSION * triggered)), {
+        "rule": PREREGISTERED["power"]["extension"], "half_widths_at_registered_seeds": widths,
+        "triggered": triggered, "at_registered_seeds": {k: at_registered[k] for k in PRIMARY}}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, help="a `generate --preset fine` dataset (default: ROOT/data-fine, made "
                                              "if missing)")
     p.add_argument("--root", type=Path, default=Path("runs/mirror-fine"))
-    p.add_argument("--seeds", type=int, nargs="+", default=list(range(SEEDS)))
+    p.add_argument("--seeds", type=int, nargs="+", help="default: the pre-registered seeds, and the extension's "
+                                                        "once its rule fires (see `design`)")
     p.add_argument("--jobs", type=int, default=2, help="arm jobs (a seed's baseline or mirror) run at once, one "
                                                        "torch thread each")
     p.add_argument("--seeds-dir", type=Path, default=RESULTS / "mirror_fine_seeds",  # committed: see SeedResults
@@ -231,15 +250,16 @@ def main() -> None:
     if args.report is not None:
         print(f"report: {seed_report(args.report, finished, args.root)}")
         return
-    todo = [] if args.summarise else finished.missing(args.seeds, ARMS)
+    todo = [] if args.summarise else finished.missing(args.seeds or design(finished)[0], ARMS)
     if todo:
         generated(PRESET, data)
 
-    def write_all():  # always against the pre-registered seeds (and any extension): a subset is never "complete"
-        planned = sorted(set(range(SEEDS)) | set(args.seeds))
+    def write_all():  # always against the seeds the design asks for: a subset is never "complete"
+        planned, extension = design(finished)
         done = [seed_of(arms) for _, arms in finished.complete(planned, ARMS)]
         if done:
-            write_results("mirror_fine", *summarise(done, planned))
+            results, table = summarise(done, planned)
+            write_results("mirror_fine", results | {"extension": extension}, table)
 
     run_parts(__file__, todo, args.jobs, on_done=write_all)
     write_all()

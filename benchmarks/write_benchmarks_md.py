@@ -333,10 +333,23 @@ def fine_section(result: dict | None) -> list[str]:
                      f"{mean(k, 'mirror'):{f}} | {difference(d, f)} | {p_holm} | {d.get('verdict', 'secondary')}{failed} |")
     gates = ", ".join(f"{k}: {'met' if ok else 'NOT met'}" for k, ok in result["calibration_gates"].items())
     secs = [s["seconds"] for s in result["seconds_per_seed"]]
-    return [*lines, "", *power_at_spread(c, seeds),
+    return [*lines, "", *extension_lines(result.get("extension")), *power_at_spread(c, seeds),
             f"Validity gates: {gates}. Chance per task {mean('chance_per_task', 'baseline'):.1f} %. "
             f"Wall time per seed (its baseline and mirror jobs summed, two jobs at a time) "
             f"{min(secs) / 60:.0f}-{max(secs) / 60:.0f} min.", ""]
+
+
+def extension_lines(extension: dict | None) -> list[str]:
+    """What the pre-registered extension rule decided on seeds 0-9, and the verdicts those seeds gave."""
+    if extension is None:
+        return []
+    widths = ", ".join(f"{k} {w:.1f}" for k, w in extension["half_widths_at_registered_seeds"].items())
+    at = extension["at_registered_seeds"]
+    decision = (f"above {HALF_WIDTH_DONE} for at least one, so seeds 10-14 are run and all 15 reported"
+                if extension["triggered"] else f"none above {HALF_WIDTH_DONE}, so no seed is added")
+    return [f"Extension rule: after the {at[PRIMARY[0]]['n']} pre-registered seeds the half-widths were {widths} "
+            f"points: {decision}. Verdicts at those seeds: "
+            + "; ".join(f"{k} {difference(d)}: {d['verdict']}" for k, d in at.items()) + ".", ""]
 
 
 def power_at_spread(comparison: dict, seeds: int) -> list[str]:
@@ -489,6 +502,14 @@ def fine_headline(result: dict | None) -> str:
     if result is None:
         return "_The pre-registered benchmark on mirror-fine has not been run yet._"
     c, m, n = result["comparison"], result["metrics"], len(result["seeds"])
+    extension = result.get("extension")
+    if not result["complete"] and extension and extension["triggered"]:  # the extension runs: quote seeds 0-9
+        at = extension["at_registered_seeds"]
+        return (f"Pre-registered benchmark (`fine` preset, mirror-fine), its {at[PRIMARY[0]]['n']} pre-registered "
+                f"seeds: " + "; ".join(f"{label} {difference(at[k])}: {at[k]['verdict']}" for k, label in zip(
+                    PRIMARY, ("task success", "per-task recognition from train views", "from held-out views")))
+                + f". The extension rule fired (a half-width above {HALF_WIDTH_DONE} points): {n} of "
+                f"{len(result['seeds_planned'])} seeds run so far.")
     parts = []
     for k, label in zip(PRIMARY, ("task success", "per-task recognition from train views", "from held-out views")):
         d = c[k]

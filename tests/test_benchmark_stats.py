@@ -73,17 +73,58 @@ def test_bound_flags_ceiling_and_floor():
     assert "ceiling" in bound({"mean": 0.97}) and "floor" in bound({"mean": 0.02}) and bound({"mean": 0.5}) == ""
 
 
-def _seed(seed, baseline: dict, mirror: dict) -> dict:
+def _arms(seed, baseline: dict, mirror: dict) -> dict:
+    """One seed's two arm results, as `mirror_fine.run_arm` stores them, every secondary at 10 %."""
     keys = {"recognition_all_train", "recognition_all_heldout", "recognition_early_train", "recognition_early_all_train",
             "chance_all", "mutual_knn", "cka", "cknna",
             *[f"{p}{s}_r1_{w}" for p in ("probe", "probe_blind", "probe_time") for s in ("", "_step0")
               for w in ("u2e", "e2u")]}
-    from mirror_fine import seed_of
-
     fill = {k: 10.0 for k in keys} | {"chance_per_task": 22.0}
     machine = {"cpus": 2, "platform": "test", "mirroralign_commit": "abc1234"}
-    return seed_of({arm: {"seed": seed, "arm": arm, "seconds": 900.0, "machine": machine, "runs": [f"runs/{arm}"],
-                          "values": fill | values} for arm, values in (("baseline", baseline), ("mirror", mirror))})
+    return {arm: {"seed": seed, "arm": arm, "seconds": 900.0, "machine": machine, "runs": [f"runs/{arm}"],
+                  "values": fill | values} for arm, values in (("baseline", baseline), ("mirror", mirror))}
+
+
+def _seed(seed, baseline: dict, mirror: dict) -> dict:
+    from mirror_fine import seed_of
+
+    return seed_of(_arms(seed, baseline, mirror))
+
+
+def test_the_extension_rule_is_decided_once_on_the_pre_registered_seeds_spread(tmp_path):
+    from _common import SeedResults
+    from mirror_fine import ARMS, HALF_WIDTH_DONE, design
+
+    def stored(success_differences: list[float]) -> SeedResults:
+        finished = SeedResults("mirror_fine", folder=tmp_path / str(len(list(tmp_path.iterdir()))))
+        for seed, d in enumerate(success_differences):
+            primaries = {"success": 30.0, "recognition_per_task_train": 50.0, "recognition_per_task_heldout": 25.0}
+            for name, result in _arms(seed, primaries, primaries | {"success": 30.0 + d}).items():
+                finished.put(seed, result, part=name)
+        return finished
+
+    narrow, wide = [-1.0, 1.0] * 5, [-6.0, 6.0] * 5  # sd 1.05 and 6.3 over 10 seeds: half-width 0.75 and 4.5
+    assert design(stored(wide[:9])) == (list(range(10)), None)  # nothing is decided before seed 9 is in
+    seeds, extension = design(stored(narrow))
+    assert seeds == list(range(10)) and not extension["triggered"]
+    assert extension["half_widths_at_registered_seeds"]["success"] < HALF_WIDTH_DONE
+    seeds, extension = design(stored(wide + [0.0]))  # seed 10 (an extension seed) does not enter the decision
+    assert seeds == list(range(15)) and extension["triggered"]
+    assert extension["half_widths_at_registered_seeds"]["success"] == pytest.approx(
+        sps.t.ppf(0.975, 9) * np.std(wide, ddof=1) / np.sqrt(10))
+    assert extension["at_registered_seeds"]["success"]["n"] == 10
+    assert extension["at_registered_seeds"]["success"]["verdict"].startswith("no difference detected")
+    assert ARMS == ("baseline", "mirror")
+    from mirror_fine import seed_of, summarise
+    from write_benchmarks_md import extension_lines, fine_headline
+
+    assert extension_lines(extension)[0].startswith("Extension rule: after the 10 pre-registered seeds the half-widths "
+                                                    "were success 4.5, recognition_per_task_train 0.0")
+    done = [seed_of(arms) for _, arms in stored(wide + [0.0]).complete(seeds, ARMS)]
+    headline = fine_headline(summarise(done, seeds)[0] | {"extension": extension})  # 11 of 15: seeds 0-9's verdicts
+    assert headline.startswith("Pre-registered benchmark (`fine` preset, mirror-fine), its 10 pre-registered seeds: "
+                               "task success +0.0 [-4.5, +4.5]: no difference detected")
+    assert headline.endswith("11 of 15 seeds run so far.") and "interim" not in headline
 
 
 def test_mirror_fine_pairs_by_seed_corrects_with_holm_and_checks_the_gates():
