@@ -133,7 +133,7 @@ def main_section(result: dict | None, claims: list[str], emergence: dict | None 
                      "and CKA can" if probe["mean"] is not None and probe["mean"] >= 0.95 else "") + ".")
     by_episode = c["probe_r1_episode_u2e"]
     chance = result["per_seed"]["baseline"][0].get("_probe_chance_episode")
-    claims.append(f"Finer probe, Recall@1 of the very episode (u->e"
+    claims.append("Finer probe, Recall@1 of the very episode (u->e"
                   + ("" if chance is None else f", chance {100 * chance:.1f} %") + f"): independent pair "
                   f"{pct(by_episode['baseline'])}, mirror {pct(by_episode['treatment'])}, difference "
                   f"{signed_pct(by_episode['difference'])}: {verdict(by_episode['difference'])} (the probe is trained "
