@@ -12,7 +12,8 @@ the runs) has not survived. The arms run as separate processes, `--jobs` at a ti
 each with one torch thread (_common.run_parts).
 Without --seeds it runs what the design asks for: seeds 0-9, then 10-14 once the pre-registered extension rule
 fires on seeds 0-9's spread (`design`). Results are rewritten after every seed:
-benchmarks/results/mirror_fine.{json,md}. `--report SEED` renders that seed's HTML report (benchmarks/results/mirror_fine_report.html) while its runs are on the machine.
+benchmarks/results/mirror_fine.{json,md}. `--report SEED` renders that seed's HTML report
+(benchmarks/results/mirror_fine_report.html) while its runs are on the machine.
 """
 
 from __future__ import annotations
