@@ -116,15 +116,25 @@ def test_the_extension_rule_is_decided_once_on_the_pre_registered_seeds_spread(t
     assert extension["at_registered_seeds"]["success"]["verdict"].startswith("no difference detected")
     assert ARMS == ("baseline", "mirror")
     from mirror_fine import seed_of, summarise
-    from write_benchmarks_md import extension_lines, fine_headline
+    from write_benchmarks_md import extension_lines, fine_claims, fine_headline
 
     assert extension_lines(extension)[0].startswith("Extension rule: after the 10 pre-registered seeds the half-widths "
                                                     "were success 4.5, recognition_per_task_train 0.0")
     done = [seed_of(arms) for _, arms in stored(wide + [0.0]).complete(seeds, ARMS)]
-    headline = fine_headline(summarise(done, seeds)[0] | {"extension": extension})  # 11 of 15: seeds 0-9's verdicts
+    results = summarise(done, seeds)[0] | {"extension": extension}
+    headline = fine_headline(results)  # 11 of 15: the verdicts of seeds 0-9, not interim ones
     assert headline.startswith("Pre-registered benchmark (`fine` preset, mirror-fine), its 10 pre-registered seeds: "
                                "task success +0.0 [-4.5, +4.5]: no difference detected")
     assert headline.endswith("11 of 15 seeds run so far.") and "interim" not in headline
+    recognition, success, held_out = fine_claims(results)
+    assert "(mirror-fine, its 10 pre-registered seeds; the extension to 15 runs), success: difference +0.0" in success
+    assert success.endswith("-> **not detected**.") and "gate" not in success
+    assert "validity gate baseline_recognition_heldout_3x_chance NOT met" in held_out  # 25 % against 3 x 22 %
+    # 11 seeds, sd 6.0: half-width t(10) 6.0 / sqrt(11) = 4.03
+    mirror_worse = dict(results["comparison"], success={**results["comparison"]["success"], "verdict": "mirror worse"})
+    assert fine_claims(results | {"comparison": mirror_worse, "complete": True})[1].endswith(
+        "(mirror-fine, 11 seeds), success: difference +0.0 [-4.0, +4.0] points, mirror worse -> **not reproduced: "
+        "alignment hurts here**.")
 
 
 def test_mirror_fine_pairs_by_seed_corrects_with_holm_and_checks_the_gates():
