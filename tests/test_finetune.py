@@ -134,12 +134,16 @@ def test_reward_quality_by_hand():
 
 
 def test_advantage_weights_by_hand():
-    returns, groups = [1.0, 0.0, 1.0, 1.0], [0, 0, 1, 1]
-    a = 0.5 / np.std(returns)  # baselines 0.5, 0.5, 1, 1; std over all returns
-    np.testing.assert_allclose(advantage_weights(returns, groups, 1.0, 100.0), [np.exp(a), np.exp(-a), 1, 1])
-    np.testing.assert_allclose(advantage_weights(returns, groups, 0.5, 2.0), [2.0, np.exp(-2 * a), 1, 1])
-    assert advantage_weights(returns, groups, 0.0, 20.0).tolist() == [1, 0, 0, 0]  # filtered BC
-    assert advantage_weights([0.3, 0.3], [0, 0], 1.0, 20.0).tolist() == [1, 1]
+    returns, groups = [1.0, 0.0, 1.0, 1.0, 0.0, 0.0], [0, 0, 1, 1, 2, 2]
+    # baselines: group 0 its mean 0.5; groups 1 and 2 do not vary, so the mean of all, 0.5; std over all returns
+    a = 0.5 / np.std(returns)
+    np.testing.assert_allclose(advantage_weights(returns, groups, 1.0, 100.0), np.exp([a, -a, a, a, -a, -a]))
+    np.testing.assert_allclose(advantage_weights(returns, groups, 0.5, 2.0), [2.0, np.exp(-2 * a), 2.0, 2.0,
+                                                                              np.exp(-2 * a), np.exp(-2 * a)])
+    # filtered BC: the variation that always succeeded is imitated, the one that always failed is not
+    assert advantage_weights(returns, groups, 0.0, 20.0).tolist() == [1, 0, 1, 1, 0, 0]
+    assert advantage_weights([0.3, 0.3], [0, 0], 1.0, 20.0).tolist() == [1, 1]  # no spread at all: all alike
+    assert advantage_weights([0.3, 0.3], [0, 0], 0.0, 20.0).tolist() == [0, 0]
 
 
 def test_update_batches_mix_demonstrations_and_rollouts_by_demo_fraction():

@@ -7,11 +7,11 @@ AWR (Peng et al. 2019) then improve the policy by supervised learning alone: the
 regressed with weight exp(A / beta), A its advantage. With beta = 0 it is filtered BC (only episodes above their
 baseline are imitated), the success-filtered self-imitation that RoboCLIP-style and self-imitation work (Oh et al.
 2018) fine-tune with. Against PPO it needs no critic (the baseline is the mean return of the same instruction's
-rollouts in the iteration), no importance ratios and no KL early stopping, and it cannot collapse the policy
-away from the data: every batch also holds demonstration steps (weight `demo_weight`), so the BC objective stays
-in the loss and a reward that says nothing leaves the policy near BC. That is what fine-tunes stably with a few
-hundred to a few thousand episodes on 2 CPU cores. Its limit: it improves only by re-weighting what exploration
-noise already produced, so success that needs far-off behaviour is out of reach.
+rollouts in the iteration, or of all rollouts where those do not vary), no importance ratios and no KL early
+stopping, and it cannot collapse the policy away from the data: every batch also holds demonstration steps (weight
+`demo_weight`), so the BC objective stays in the loss and a reward that says nothing leaves the policy near BC. That is
+what fine-tunes stably with a few hundred to a few thousand episodes on 2 CPU cores. Its limit: it improves only by
+re-weighting what exploration noise already produced, so success that needs far-off behaviour is out of reach.
 
 Returns are normalised by their standard deviation over the iteration, so one beta serves the 0/1 success reward
 and a learned probability with a spread of a few hundredths alike.
@@ -24,10 +24,15 @@ import torch
 
 
 def advantage_weights(returns, groups, temperature: float, max_weight: float) -> np.ndarray:
-    """Per episode: A = (R - mean R of its group) / std of all R (std 0: A = 0); weight min(exp(A / beta),
-    max_weight), or with beta = 0 (filtered BC) 1 where A > 0 and 0 elsewhere."""
+    """Per episode: A = (R - baseline) / std of all R (std 0: A = 0), the baseline the mean R of its group (the
+    same instruction's rollouts), or the mean of all R where the group's returns do not vary: within such a group
+    nothing tells its episodes apart, so a variation all of whose rollouts succeeded is compared with the others
+    (and imitated) rather than dropped, and one all of whose rollouts failed is not imitated. Weight
+    min(exp(A / beta), max_weight), or with beta = 0 (filtered BC) 1 where A > 0 and 0 elsewhere."""
     returns, groups = np.asarray(returns, dtype=np.float64), np.asarray(groups)
-    baseline = np.array([returns[groups == g].mean() for g in groups])
+    of_group = {g: returns[groups == g] for g in np.unique(groups)}
+    means = {g: r.mean() if np.ptp(r) > 0 else returns.mean() for g, r in of_group.items()}
+    baseline = np.array([means[g] for g in groups])
     std = returns.std()
     advantage = (returns - baseline) / std if std > 0 else np.zeros_like(returns)
     if temperature == 0:
