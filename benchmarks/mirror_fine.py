@@ -157,12 +157,17 @@ def seed_of(arms: dict[str, dict]) -> dict:
             **{k: a["values"] for k, a in arms.items()}}
 
 
+def p_text(p: float) -> str:
+    """A p-value as reported: three decimals, or `< 0.001` (never a p of 0.000)."""
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
 def verdict(d: dict) -> str:
     if d["low"] is None:
         return "no interval (fewer than 2 seeds, or no spread)"
     width = f"half-width {d['half_width']:.1f} points"
     if d["p_holm"] is not None and d["p_holm"] < 0.05:
-        return f"mirror {'better' if d['mean'] > 0 else 'worse'} (Holm p {d['p_holm']:.3f}; {width})"
+        return f"mirror {'better' if d['mean'] > 0 else 'worse'} (Holm p {p_text(d['p_holm'])}; {width})"
     bound = max(abs(d["low"]), abs(d["high"]))
     return f"no difference detected; an effect beyond +-{bound:.1f} points is ruled out ({width})"
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from _common import RESULTS
 from _mirror import pct, seed_ci, signed_pct
-from mirror_fine import DEVIATIONS_MD, HALF_WIDTH_DESIGN, HALF_WIDTH_DONE, PREREGISTERED_MD, PRIMARY, difference
+from mirror_fine import (DEVIATIONS_MD, HALF_WIDTH_DESIGN, HALF_WIDTH_DONE, PREREGISTERED_MD, PRIMARY, difference,
+                         p_text)
 
 ROOT = Path(__file__).resolve().parent.parent
 # What the paper reports (18 RLBench tasks, ViCLIP + ARP; see DESIGN.md s1: from a secondary summary).
@@ -327,7 +328,7 @@ def fine_section(result: dict | None) -> list[str]:
              "| endpoint | baseline | mirror | difference [95 % CI] | Holm p | verdict |", "|---|---|---|---|---|---|"]
     for k in [*PRIMARY, *[k for k in c if k not in PRIMARY and not k.startswith("chance")]]:
         d, f = c[k], ".3f" if k in ("mutual_knn", "cka", "cknna") else ".1f"  # indices in [0, 1]; the rest in %
-        p_holm = "" if d.get("p_holm") is None else f"{d['p_holm']:.3f}"
+        p_holm = "" if d.get("p_holm") is None else p_text(d["p_holm"])
         gate = GATE_OF.get(k)
         failed = f" (validity gate {gate} NOT met)" if gate and not result["calibration_gates"][gate] else ""
         lines.append(f"| {k}{' (primary)' if k in PRIMARY else ''} | {mean(k, 'baseline'):{f}} | "
@@ -510,6 +511,8 @@ def fine_claims(result: dict | None) -> list[str]:
         where = f"its {c[PRIMARY[0]]['n']} pre-registered seeds; the extension to {len(result['seeds_planned'])} runs"
     elif not result["complete"]:
         where = f"interim, {n} of {len(result['seeds_planned'])} seeds"
+    elif extension and extension["triggered"]:
+        where = f"{n} seeds: the {extension['at_registered_seeds'][PRIMARY[0]]['n']} pre-registered and the extension's"
     outcome = {"mirror worse": "not reproduced: alignment hurts here", "mirror better": "reproduced",
                "no difference": "not detected"}
     claims = []
@@ -526,6 +529,9 @@ def fine_claims(result: dict | None) -> list[str]:
     return claims
 
 
+LABELS = ("task success", "per-task recognition from train views", "from held-out views")  # of PRIMARY, in order
+
+
 def fine_headline(result: dict | None) -> str:
     """The pre-registered primaries, for README's headline."""
     if result is None:
@@ -535,17 +541,25 @@ def fine_headline(result: dict | None) -> str:
     if not result["complete"] and extension and extension["triggered"]:  # the extension runs: quote seeds 0-9
         at = extension["at_registered_seeds"]
         return (f"Pre-registered benchmark (`fine` preset, mirror-fine), its {at[PRIMARY[0]]['n']} pre-registered "
-                f"seeds: " + "; ".join(f"{label} {difference(at[k])}: {at[k]['verdict']}" for k, label in zip(
-                    PRIMARY, ("task success", "per-task recognition from train views", "from held-out views")))
+                f"seeds: " + "; ".join(f"{label} {difference(at[k])}: {at[k]['verdict']}"
+                                       for k, label in zip(PRIMARY, LABELS))
                 + f". The extension rule fired (a half-width above {HALF_WIDTH_DONE} points): {n} of "
                 f"{len(result['seeds_planned'])} seeds run so far.")
     parts = []
-    for k, label in zip(PRIMARY, ("task success", "per-task recognition from train views", "from held-out views")):
+    for k, label in zip(PRIMARY, LABELS):
         d = c[k]
         parts.append(f"{label} {sum(m[k]['baseline']) / n:.1f} -> {sum(m[k]['mirror']) / n:.1f} % ({difference(d)}: "
                      f"{d['verdict']})")
+    registered = ""
+    if result["complete"] and extension and extension["triggered"]:  # the verdicts the design first asked for, too
+        at = extension["at_registered_seeds"]
+        registered = (f" At the {at[PRIMARY[0]]['n']} pre-registered seeds, before the extension rule (a half-width "
+                      f"above {HALF_WIDTH_DONE} points) added 5: " + "; ".join(
+                          f"{label} {difference(at[k])} ({at[k]['verdict'].split(' (')[0].split(';')[0]})"  # its word
+                          for k, label in zip(PRIMARY, LABELS)) + ".")
     return (f"Pre-registered benchmark ({'partial, ' if not result['complete'] else ''}{n} of "
-            f"{len(result['seeds_planned'])} seeds, `fine` preset, mirror-fine): " + "; ".join(parts) + ".")
+            f"{len(result['seeds_planned'])} seeds, `fine` preset, mirror-fine): " + "; ".join(parts) + "."
+            + registered)
 
 
 def headline(result: dict | None, fine: dict | None = None) -> str:

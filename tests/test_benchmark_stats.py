@@ -73,6 +73,12 @@ def test_bound_flags_ceiling_and_floor():
     assert "ceiling" in bound({"mean": 0.97}) and "floor" in bound({"mean": 0.02}) and bound({"mean": 0.5}) == ""
 
 
+def test_a_p_value_below_a_thousandth_is_never_shown_as_zero():
+    from mirror_fine import p_text
+
+    assert (p_text(0.00004), p_text(0.001), p_text(0.0234)) == ("< 0.001", "0.001", "0.023")
+
+
 def _arms(seed, baseline: dict, mirror: dict) -> dict:
     """One seed's two arm results, as `mirror_fine.run_arm` stores them, every secondary at 10 %."""
     keys = {"recognition_all_train", "recognition_all_heldout", "recognition_early_train", "recognition_early_all_train",
@@ -132,9 +138,15 @@ def test_the_extension_rule_is_decided_once_on_the_pre_registered_seeds_spread(t
     assert "validity gate baseline_recognition_heldout_3x_chance NOT met" in held_out  # 25 % against 3 x 22 %
     # 11 seeds, sd 6.0: half-width t(10) 6.0 / sqrt(11) = 4.03
     mirror_worse = dict(results["comparison"], success={**results["comparison"]["success"], "verdict": "mirror worse"})
-    assert fine_claims(results | {"comparison": mirror_worse, "complete": True})[1].endswith(
-        "(mirror-fine, 11 seeds), success: difference +0.0 [-4.0, +4.0] points, mirror worse -> **not reproduced: "
-        "alignment hurts here**.")
+    complete = results | {"comparison": mirror_worse, "complete": True}  # as if the design had asked for 11
+    assert fine_claims(complete)[1].endswith(
+        "(mirror-fine, 11 seeds: the 10 pre-registered and the extension's), success: difference +0.0 [-4.0, +4.0] "
+        "points, mirror worse -> **not reproduced: alignment hurts here**.")
+    final = fine_headline(complete)  # the final verdicts first, then those the pre-registered seeds gave
+    assert final.startswith("Pre-registered benchmark (11 of 15 seeds, `fine` preset, mirror-fine): task success ")
+    assert final.endswith("At the 10 pre-registered seeds, before the extension rule (a half-width above 2.5 points) "
+                          "added 5: task success +0.0 [-4.5, +4.5] (no difference detected); per-task recognition "
+                          "from train views n/a (no interval); from held-out views n/a (no interval).")
 
 
 def test_mirror_fine_pairs_by_seed_corrects_with_holm_and_checks_the_gates():
@@ -163,6 +175,7 @@ def test_mirror_fine_pairs_by_seed_corrects_with_holm_and_checks_the_gates():
     assert raw["recognition_per_task_heldout"] < 0.05  # significant alone ...
     assert c["recognition_per_task_heldout"]["p_holm"] > 0.05  # ... not after the correction
     assert c["success"]["verdict"].startswith("mirror better")
+    assert f"Holm p {c['success']['p_holm']:.3f};" in c["success"]["verdict"]  # above 0.001: three decimals
     assert c["recognition_per_task_train"]["verdict"].startswith("no difference detected")
     assert c["recognition_per_task_heldout"]["verdict"].startswith("no difference detected")
     gates = results["calibration_gates"]  # means 44.25 % success, 49.25 % train views, 30 % held-out vs 3 x 22 %
