@@ -254,7 +254,7 @@ def _finetune(*args, out, reward="success"):
 def test_tiny_finetune_end_to_end_then_evaluate(mirror_run, tiny_dataset, tmp_path):
     out = tmp_path / "ft"
     r = _finetune("--run", mirror_run, "--data", tiny_dataset, "--scorer", mirror_run, "finetune.iterations=2",
-                  out=out, reward="understanding")
+                  "finetune.buffer=1", out=out, reward="understanding")
     assert r.returncode == 0, r.stderr
     identity = json.loads((out / "run.json").read_text())["identity"]
     assert identity["mode"] == "execute" and identity["finetune"]["parent"]["mode"] == "mirror"
@@ -315,7 +315,8 @@ def _stopped(args, out, sig):
 def test_killed_or_interrupted_finetune_resumes_exactly(mirror_run, tiny_dataset, tmp_path):
     args = ["finetune", "--run", mirror_run, "--data", tiny_dataset, "--reward", "success", "--preset", "tiny",
             *SMALL, "finetune.schedule=cosine",  # the resumed run's learning rate follows (iteration, update) too
-            "finetune.buffer=0"]  # and its updates draw from every earlier iteration's rollouts, read back from disk
+            "finetune.buffer=0",  # and its updates draw from every earlier iteration's rollouts, read back from disk
+            "finetune.temperature=1"]  # AWR: every episode's weight is > 0, so the buffer keeps them all
     r = run_cli(*args, "--out", tmp_path / "straight")
     assert r.returncode == 0, r.stderr
     step, weights, rows, episodes = _final(tmp_path / "straight")
