@@ -464,7 +464,24 @@ def rl_results(result: dict | None) -> list[str]:
                   f"({sum(r['env_steps']) / done:.0f} env steps) and {sum(r['wall_s']) / done / 60:.0f} min per "
                   f"fine-tune; {result['episodes_per_variation']} test scenes per variation, before and after. "
                   f"Machine: {machine_line(result)}.")
-    return [*lines, "", *(RESULTS / "rl_finetune.md").read_text().strip().splitlines()[:-1], ""]
+    return [*lines, "", *(RESULTS / "rl_finetune.md").read_text().strip().splitlines()[:-1], "",
+            *oracle_gate(result)]
+
+
+def oracle_gate(result: dict) -> list[str]:
+    """The issue's precondition for any claim about a learned reward: the oracle (`success`) arm improves success
+    detectably (t CI over seeds of after - before above 0); each seed's own evidence, paired over its test scenes."""
+    r = result["rewards"].get("success")
+    if r is None:
+        return []
+    diff = seed_ci([(a - b) / 100 for a, b in zip(r["after"], r["before"])])  # pct() reads fractions
+    per_seed = "; ".join(f"seed {s}: {b:.1f} -> {a:.1f} %{scenes_text(p)}" for s, b, a, p in
+                         zip(result["seeds"], r["before"], r["after"], r.get("paired") or [None] * len(r["after"])))
+    met = diff["low"] is not None and diff["low"] > 0
+    return [f"Oracle gate (the `success` arm must improve success detectably before a learned reward is judged): "
+            f"after - before {signed_pct(diff)} over {diff['n']} seeds -> **{'met' if met else 'NOT met'}**"
+            f"{'' if met else ': the algorithm or its budget is not right yet, and no learned reward is judged'}. "
+            f"Per seed: {per_seed}.", ""]
 
 
 def seed_cost_check(cost: dict | None, fine: dict | None) -> list[str]:

@@ -272,6 +272,12 @@ def test_rl_finetune_results_pair_before_and_after_by_seed_and_reach_benchmarks_
     assert "**PARTIAL: 2 of 3 seeds**" in section and "288 episodes (60000 env steps) and 20 min" in section
     assert "| success: success, fine-tuned variations | " in section
     assert section.count("MUJOCO_GL=") == 1  # the machine once, in the status line, not again as the table's footer
+    # the oracle arm's CI holds 0, so the gate that any learned-reward claim waits on is not met
+    assert ("after - before +11.0 [-1.7, +23.7] over 2 seeds -> **NOT met**: the algorithm or its budget" in section
+            and "Per seed: seed 2: 10.0 -> 20.0 %; seed 3: 30.0 -> 42.0 %." in section)
+    third = summarise(done + [(4, {"success": part(20.0, 31.0, None, None, False),
+                                   "understanding": part(20.0, 20.0, 0.7, 0.7, False)})], [2, 3, 4])
+    assert "over 3 seeds -> **met**." in write_benchmarks_md.oracle_gate(third)[0]  # +10, +12, +11: CI above 0
     assert write_benchmarks_md.rl_section(None)[-2].startswith("_Not run yet_")
     pilot = summarise([(2, {"success": done[0][1]["success"]})], [2]) | {"overrides": ["finetune.lr=1e-4"],
                                                                           "episodes_per_variation": 30,
