@@ -24,6 +24,7 @@ from mirroralign.data.generate import SPLIT_OFFSET
 from mirroralign.data.store import EpisodeStore, sha256_file
 from mirroralign.errors import UsageError
 from mirroralign.finetune.awr import advantage_weights, awr_loss
+from mirroralign.finetune.ppo import laplace_kl, laplace_log_ratio, ppo_loss
 from mirroralign.finetune.rewards import (
     ALIGNED_STEPS,
     aligned_rewards,
@@ -160,7 +161,8 @@ def test_update_batches_mix_demonstrations_and_rollouts_by_demo_fraction():
     demos, rollouts = steps(0, 5), Rollouts(steps(1, 7, weight=3.0))
     for sampling in ("uniform", "weighted"):
         for fraction, n_demo in [(0.5, 4), (0.25, 2), (1.0, 8), (0.0, 0)]:
-            ft = SimpleNamespace(seed=0, batch_size=8, demo_fraction=fraction, demo_weight=0.5, sampling=sampling)
+            ft = SimpleNamespace(seed=0, batch_size=8, demo_fraction=fraction, demo_weight=0.5, sampling=sampling,
+                                 algo="awr")
             batch = sample_update_batch(demos, rollouts, ft, iteration=1, update=2, device="cpu")
             assert batch["text_index"].tolist() == [0] * n_demo + [1] * (8 - n_demo)  # 1.0: the null control
             rollout_weight = 3.0 if sampling == "uniform" else 1.0  # weighted: the draw holds the weight
@@ -169,7 +171,7 @@ def test_update_batches_mix_demonstrations_and_rollouts_by_demo_fraction():
     # filtered BC's weights: 0 for a failure, 1 for a success. Weighted sampling draws successes only, each weighing
     # 1; uniform draws both (here 100 draws of 4 failures and 1 success: failures too) with their own weights
     mixed = Rollouts([{**x, "text_index": t, "weight": float(t == 7)} for x, t in zip(steps(0, 5), (3, 4, 7, 5, 6))])
-    ft = SimpleNamespace(seed=0, batch_size=100, demo_fraction=0.0, demo_weight=1.0, sampling="weighted")
+    ft = SimpleNamespace(seed=0, batch_size=100, demo_fraction=0.0, demo_weight=1.0, sampling="weighted", algo="awr")
     batch = sample_update_batch(demos, mixed, ft, iteration=0, update=0, device="cpu")
     assert set(batch["text_index"].tolist()) == {7} and set(batch["weight"].tolist()) == {1.0}
     ft.sampling = "uniform"
@@ -179,6 +181,15 @@ def test_update_batches_mix_demonstrations_and_rollouts_by_demo_fraction():
     failures = Rollouts([{**x, "weight": 0.0} for x in steps(2, 3)])  # nothing to imitate: drawn alike, weight 0
     ft.sampling = "weighted"
     assert set(sample_update_batch(demos, failures, ft, 0, 0, "cpu")["weight"].tolist()) == {0.0}
+    # ppo: rollout steps drawn alike whatever their weight, each with its advantage and the acting policy's chunk;
+    # demonstration steps carry zeros there and is_demo
+    ppo_steps = Rollouts([{**x, "weight": 0.0, "advantage": -1.5, "old_chunk": torch.ones(4, 2),
+                           "start_chunk": torch.full((4, 2), 2.0)} for x in steps(2, 3)])
+    ft = SimpleNamespace(seed=0, batch_size=8, demo_fraction=0.5, demo_weight=0.5, sampling="weighted", algo="ppo")
+    batch = sample_update_batch(demos, ppo_steps, ft, 0, 0, "cpu")
+    assert batch["is_demo"].tolist() == [True] * 4 + [False] * 4
+    assert batch["advantage"].tolist() == [0.0] * 4 + [-1.5] * 4
+    assert batch["old_chunk"].sum((1, 2)).tolist() == [0.0] * 4 + [8.0] * 4 and batch["start_chunk"][7, 0, 0] == 2
 
 
 def test_rollout_buffer_keeps_what_can_be_drawn_and_reads_it_back_intact(tmp_path):
@@ -227,6 +238,45 @@ def test_awr_loss_by_hand():
     assert chunk.grad[1, 1].abs().sum() == 0  # a padded step carries no gradient
     assert awr_loss(chunk, actions, pad, torch.tensor([0.0, 2.0])).item() == pytest.approx(1.0)
     assert awr_loss(chunk, actions, pad, torch.zeros(2)).item() == 0.0
+
+
+def test_ppo_loss_by_hand():
+    b = 0.5  # the Laplace scale (finetune.noise); one executed step per chunk of 2, one action dimension
+    chunk = torch.tensor([[[0.2], [0.4]], [[0.3], [9.0]]], requires_grad=True)
+    batch = {"actions": torch.tensor([[[0.0], [0.0]], [[0.25], [5.0]]]),
+             "action_is_pad": torch.zeros(2, 2, dtype=torch.bool), "is_demo": torch.tensor([True, False]),
+             "weight": torch.tensor([2.0, 0.0]), "advantage": torch.tensor([0.0, 1.5]),
+             "old_chunk": torch.tensor([[[0.0], [0.0]], [[0.1], [0.0]]]), "start_chunk": torch.zeros(2, 2, 1)}
+    loss, info = ppo_loss(chunk, batch, scale=b, clip_ratio=0.2, kl_coef=0.1, execute_steps=1)
+    # demo: 2.0 * mean(|0.2|, |0.4|) = 0.6. rollout, its executed step only: log ratio (|0.25 - 0.1| - |0.25 - 0.3|)
+    # / 0.5 = 0.2, ratio e^0.2 = 1.2214, clipped to 1.2: policy loss -min(1.2214, 1.2) * 1.5 = -1.8; KL to the start
+    # d = 0.3 / 0.5 = 0.6: 0.6 + e^-0.6 - 1; from the acting policy d = 0.4: 0.4 + e^-0.4 - 1
+    kl_start, approx_kl = 0.6 + math.exp(-0.6) - 1, 0.4 + math.exp(-0.4) - 1
+    assert loss.item() == pytest.approx(0.6 - 1.8 + 0.1 * kl_start, rel=1e-5)
+    assert info["approx_kl"] == pytest.approx(approx_kl, rel=1e-5) and info["clip_fraction"] == 1.0
+    assert info["policy_loss"] == pytest.approx(-1.8, rel=1e-5) and info["bc"] == pytest.approx(0.6, rel=1e-5)
+    loss.backward()
+    # clipped with A > 0: no policy gradient, only the KL's, 0.1 * (1 - e^-0.6) / 0.5; the step never executed none;
+    # the demonstration's steps 2.0 * 1 / 2 each
+    assert chunk.grad[1, 0, 0].item() == pytest.approx(0.1 * (1 - math.exp(-0.6)) / b, rel=1e-5)
+    assert chunk.grad[1, 1, 0].item() == 0.0 and chunk.grad[0, :, 0].tolist() == pytest.approx([1.0, 1.0])
+    # unclipped (A < 0 takes the unclipped, larger ratio): -min(rho A, clip(rho) A) = -1.2214 * -1.5
+    batch["advantage"] = torch.tensor([0.0, -1.5])
+    _, info = ppo_loss(chunk, batch, scale=b, clip_ratio=0.2, kl_coef=0.1, execute_steps=1)
+    assert info["policy_loss"] == pytest.approx(math.exp(0.2) * 1.5, rel=1e-5)
+
+
+def test_laplace_log_ratio_and_kl_match_the_densities():
+    b, mu1, mu2, a = 0.3, 0.1, -0.25, 0.4
+    log_p = lambda x, mu: -abs(x - mu) / b - math.log(2 * b)  # noqa: E731
+    one = lambda v: torch.tensor([[[v]]])  # noqa: E731
+    mask = torch.ones(1, 1)
+    assert laplace_log_ratio(one(mu1), one(mu2), one(a), mask, b).item() == pytest.approx(log_p(a, mu1) -
+                                                                                         log_p(a, mu2))
+    x = np.linspace(-15, 15, 600001)  # KL(p1 || p2) = integral of p1 log(p1 / p2), on a fine grid
+    p1 = np.exp(-np.abs(x - mu1) / b) / (2 * b)
+    numeric = np.trapezoid(p1 * (np.abs(x - mu2) - np.abs(x - mu1)) / b, x)
+    assert laplace_kl(one(mu1), one(mu2), mask, b).item() == pytest.approx(numeric, rel=1e-4)
 
 
 def test_rollouts_use_train_scenes_only_and_fresh_ones_by_default(tiny_dataset):
@@ -286,6 +336,20 @@ def test_tiny_finetune_end_to_end_then_evaluate(mirror_run, tiny_dataset, tmp_pa
     assert metrics["mode"] == "execute" and metrics["checkpoint_sha256"] == ft.checkpoint_sha256
     assert metrics["rollouts"]["n"] == 6 and all(e["scene_seed"] >= SPLIT_OFFSET["test"]
                                                  for e in metrics["rollouts"]["episodes"])
+
+
+def test_tiny_ppo_finetune_steps_within_its_brakes(mirror_run, tiny_dataset, tmp_path):
+    out = tmp_path / "ppo"
+    r = _finetune("--run", mirror_run, "--data", tiny_dataset, "--algo", "ppo", "finetune.iterations=2",
+                  "finetune.target_kl=1e-6", out=out)  # a bound tight enough to stop every iteration early
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "run.json").read_text())["identity"]["finetune"]["algo"] == "ppo"
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1, 2]
+    for row in rows:  # an update past the bound is not taken: at least the first, fewer than the 3 asked for
+        assert 1 <= row["updates_done"] < 3 and row["approx_kl"] <= 1e-6 and 0 <= row["clip_fraction"] <= 1
+        assert row["kl_start"] >= 0 and math.isfinite(row["policy_loss"])
+    assert rows[1]["divergence"] > 0 and not (out / "rollouts").exists()  # on-policy: no buffer kept
 
 
 def _final(out):
@@ -386,6 +450,9 @@ def test_bad_inputs_exit_2_and_write_nothing(mirror_run, tiny_dataset, imported_
         (dict(reward="success", overrides=["finetune.variations=[nope]"]), "does not have: nope"),
         (dict(reward="success", overrides=["eval.max_steps=0"]), "eval.max_steps"),
         (dict(reward="nope"), "--reward must be one of"),
+        (dict(reward="success", algo="ppo", overrides=["finetune.noise=0"]), "ppo needs finetune.noise > 0"),
+        (dict(reward="success", algo="ppo", overrides=["finetune.clip_ratio=1.5"]), r"clip_ratio must be in \(0, 1\)"),
+        (dict(reward="success", algo="sac"), "--algo must be one of awr, ppo"),
     ]
     for kw, message in cases:
         with pytest.raises(UsageError, match=message.replace("*", r"\*")):

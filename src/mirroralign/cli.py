@@ -251,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "space); checked with the other settings")
     p.add_argument("--scorer", help="the run that scores the clips (learned rewards): an understand or mirror run for "
                                     "understanding, a mirror run for aligned")
-    p.add_argument("--algo", default="awr", choices=["awr"], help="awr: advantage-weighted regression / filtered BC")
+    p.add_argument("--algo", default="awr", help="awr: advantage-weighted regression / filtered BC (default); ppo: "
+                                                 "clipped policy gradient; checked with the other settings")
     p.add_argument("--preset", help="budget (finetune.* defaults; default: the run's preset)")
     p.add_argument("--iterations", type=int)
     p.add_argument("--seed", type=int)

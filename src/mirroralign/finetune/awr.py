@@ -23,18 +23,23 @@ import numpy as np
 import torch
 
 
-def advantage_weights(returns, groups, temperature: float, max_weight: float) -> np.ndarray:
+def advantages(returns, groups) -> np.ndarray:
     """Per episode: A = (R - baseline) / std of all R (std 0: A = 0), the baseline the mean R of its group (the
     same instruction's rollouts), or the mean of all R where the group's returns do not vary: within such a group
     nothing tells its episodes apart, so a variation all of whose rollouts succeeded is compared with the others
-    (and imitated) rather than dropped, and one all of whose rollouts failed is not imitated. Weight
-    min(exp(A / beta), max_weight), or with beta = 0 (filtered BC) 1 where A > 0 and 0 elsewhere."""
+    (and imitated) rather than dropped, and one all of whose rollouts failed is not imitated."""
     returns, groups = np.asarray(returns, dtype=np.float64), np.asarray(groups)
     of_group = {g: returns[groups == g] for g in np.unique(groups)}
     means = {g: r.mean() if np.ptp(r) > 0 else returns.mean() for g, r in of_group.items()}
     baseline = np.array([means[g] for g in groups])
     std = returns.std()
-    advantage = (returns - baseline) / std if std > 0 else np.zeros_like(returns)
+    return (returns - baseline) / std if std > 0 else np.zeros_like(returns)
+
+
+def advantage_weights(returns, groups, temperature: float, max_weight: float) -> np.ndarray:
+    """Per episode: weight min(exp(A / beta), max_weight) of its advantage A (`advantages`), or with beta = 0
+    (filtered BC) 1 where A > 0 and 0 elsewhere."""
+    advantage = advantages(returns, groups)
     if temperature == 0:
         return (advantage > 0).astype(np.float64)
     return np.minimum(np.exp(advantage / temperature), max_weight)

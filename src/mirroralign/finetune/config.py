@@ -15,7 +15,7 @@ from mirroralign.config import PRESETS, SEED_LIMIT, Config, validate
 from mirroralign.errors import UsageError
 from mirroralign.finetune.rewards import REWARDS
 
-ALGOS = ("awr",)
+ALGOS = ("awr", "ppo")
 SCHEDULES = ("constant", "cosine")
 SCENES = ("fresh", "demonstrated")
 SAMPLINGS = ("weighted", "uniform")
@@ -24,7 +24,7 @@ SAMPLINGS = ("weighted", "uniform")
 @dataclass
 class FinetuneConfig:
     reward: str = "success"  # success | understanding | aligned (see finetune/rewards.py)
-    algo: str = "awr"  # see finetune/awr.py
+    algo: str = "awr"  # awr: finetune/awr.py (AWR, filtered BC) | ppo: finetune/ppo.py (clipped policy gradient)
     iterations: int = 12
     episodes: int = 4  # rollouts per variation and iteration (>= 2: the baseline is their mean)
     scenes: str = "fresh"  # train scenes rolled out: fresh (after the demonstrations' last, layouts the policy was
@@ -48,6 +48,10 @@ class FinetuneConfig:
     noise: float = 0.1  # scale of the Laplace exploration noise added to every predicted action
     temperature: float = 0.0  # beta of exp(A / beta) on normalised advantages; 0: filtered BC
     max_weight: float = 20.0
+    clip_ratio: float = 0.2  # ppo: epsilon of the clipped ratio
+    kl_coef: float = 0.1  # ppo: weight of KL(policy || starting policy) on the rollout decisions
+    target_kl: float = 0.1  # ppo: an iteration's updates stop once the KL from the acting policy (per decision:
+    # summed over its executed steps and action dimensions) exceeds this
     windows: int = 1  # understanding reward: 1: the whole clip, at the end (RoboCLIP); W: mean over W windows
     probe_steps: int = 64  # demonstration steps on which the divergence from the starting policy is measured
     variations: list[str] = field(default_factory=list)  # variation ids rolled out (empty: all of --data's)
@@ -95,6 +99,10 @@ def load_finetune_config(preset: str, overrides) -> FinetuneConfig:
                                                                   "weight_decay >= 0"),
         (ft.noise >= 0 and ft.temperature >= 0 and ft.max_weight >= 1 and ft.demo_weight >= 0,
          "finetune.noise, temperature and demo_weight must be >= 0, max_weight >= 1"),
+        (ft.algo != "ppo" or ft.noise > 0, "finetune.algo=ppo needs finetune.noise > 0 (its likelihood is that of "
+                                           "the Laplace exploration noise)"),
+        (0 < ft.clip_ratio < 1 and ft.kl_coef >= 0 and ft.target_kl > 0,
+         "finetune.clip_ratio must be in (0, 1), kl_coef >= 0, target_kl > 0"),
         (ft.buffer >= 0, f"finetune.buffer must be >= 0 (0: every iteration's rollouts), got {ft.buffer}"),
         (ft.windows >= 1 and ft.probe_steps >= 1, "finetune.windows and finetune.probe_steps must be positive"),
         (0 <= ft.seed < SEED_LIMIT, f"finetune.seed must be in 0..{SEED_LIMIT - 1}, got {ft.seed}"),

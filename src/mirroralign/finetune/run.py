@@ -11,7 +11,9 @@ RNG seeded by (seed, i, v, k), its chunks from a forward pass of its own (a batc
 depends on which others the workers happen to run beside it; (2) reward them and measure the learned reward
 against true success; (3) `updates` AdamW steps on batches of demonstration steps and rollout steps (this
 iteration's, and with `buffer` the kept ones of earlier iterations, read back from OUT/rollouts on a resume) drawn
-from an RNG seeded by (seed, i, u); (4) checkpoint. A run resumed from its last checkpoint therefore redoes the
+from an RNG seeded by (seed, i, u) (`algo=ppo`: clipped policy-gradient steps on this iteration's decisions
+mixed with demonstration steps, stopped early once the policy is `target_kl` from the one that acted; ppo.py);
+(4) checkpoint. A run resumed from its last checkpoint therefore redoes the
 same rollouts and the same updates.
 Ctrl-C during the updates finishes the iteration, checkpoints it and exits 130; during the rollouts it drops
 that iteration's rollouts (the resume redoes them) and exits 130.
@@ -54,8 +56,9 @@ from mirroralign.data.store import EpisodeStore, write_bytes_atomic
 from mirroralign.envs import check_simulator
 from mirroralign.errors import DataError, UsageError
 from mirroralign.evaluate.rollouts import policy_actions, run_rollouts
-from mirroralign.finetune.awr import advantage_weights, awr_loss
+from mirroralign.finetune.awr import advantage_weights, advantages, awr_loss
 from mirroralign.finetune.config import load_finetune_config, parent_config, split_overrides
+from mirroralign.finetune.ppo import ppo_loss
 from mirroralign.finetune.rewards import aligned_rewards, correlation, roc_auc, understanding_rewards
 from mirroralign.train import NumericalError, load_run, pick_device, warmup_cosine
 
@@ -95,22 +98,38 @@ def exploring_act(ft, iteration: int, clip: bool):
 
 
 class RolloutSteps:
-    """The steps of scored rollouts as execution samples (as `AgentSteps`), each with its episode's weight.
-    An episode: {"agent": [T, cameras, 3, H, W] uint8, "proprio", "actions", "text_index", "weight"}."""
+    """The steps of scored rollouts as execution samples (as `AgentSteps`), each with its episode's weight and
+    advantage; with `every` = eval.execute_steps only the chunk starts, the policy's decisions (ppo).
+    An episode: {"agent": [T, cameras, 3, H, W] uint8, "proprio", "actions", "text_index", "weight", "advantage"}.
+    `acting` (ppo): per sample, the acting and the starting policy's chunks, set by `with_acting_chunks`."""
 
-    def __init__(self, episodes: list[dict], horizon: int):
+    def __init__(self, episodes: list[dict], horizon: int, every: int = 1):
         self.horizon = horizon
         self.episodes = episodes
-        self.index = [(e, t) for e, ep in enumerate(self.episodes) for t in range(len(ep["actions"]))]
+        self.index = [(e, t) for e, ep in enumerate(self.episodes) for t in range(0, len(ep["actions"]), every)]
         self.step_weights = torch.tensor([self.episodes[e]["weight"] for e, _ in self.index], dtype=torch.float64)
+        self.acting = None
 
     @staticmethod
-    def episodes_of(records: list[dict], store: EpisodeStore, weights) -> list[dict]:
+    def episodes_of(records: list[dict], store: EpisodeStore, weights, advantage) -> list[dict]:
         cams = store.manifest["cameras"]["agent"]
         return [{"agent": np.stack([to_chw(r["arrays"][f"agent.{c}"]) for c in cams], axis=1),
                  "proprio": r["arrays"]["proprio"], "actions": r["arrays"]["actions"],
-                 "text_index": store.canonical_text[r["variation"]], "weight": float(w)}
-                for r, w in zip(records, weights)]
+                 "text_index": store.canonical_text[r["variation"]], "weight": float(w), "advantage": float(a)}
+                for r, w, a in zip(records, weights, advantage)]
+
+    def with_acting_chunks(self, policy, initial, device, batch_size: int = 64) -> RolloutSteps:
+        """Record, once before an iteration's updates, the chunk the acting policy (`policy`, eval mode) and the
+        starting one predict at every sample: the old locations of PPO's ratio and the reference of its KL."""
+        old, start = [], []
+        for lo in range(0, len(self), batch_size):
+            batch = default_collate([{k: self[i][k] for k in STEP_KEYS} for i in range(lo, min(lo + batch_size,
+                                                                                               len(self)))])
+            batch = {k: v.to(device) for k, v in batch.items()}
+            old.append(policy.act(batch).cpu())
+            start.append(initial.act(batch).cpu())
+        self.acting = (torch.cat(old), torch.cat(start))
+        return self
 
     def __len__(self) -> int:
         return len(self.index)
@@ -123,7 +142,8 @@ class RolloutSteps:
         return {"images": torch.from_numpy(ep["agent"][t]), "proprio": torch.from_numpy(ep["proprio"][t]),
                 "actions": torch.from_numpy(ep["actions"][np.minimum(idx, length - 1)]),
                 "action_is_pad": torch.from_numpy(idx >= length), "text_index": ep["text_index"],
-                "weight": ep["weight"]}
+                "weight": ep["weight"], "advantage": ep.get("advantage", 0.0),
+                **({} if self.acting is None else {"old_chunk": self.acting[0][i], "start_chunk": self.acting[1][i]})}
 
 
 # The rollout buffer (finetune.buffer != 1): each iteration's episodes of weight > 0, the only ones a weighted draw
@@ -178,12 +198,14 @@ def sample_update_batch(demos, rollouts: RolloutSteps, ft, iteration: int, updat
     """`batch_size` samples, `demo_fraction` of them demonstration steps (weight `demo_weight`), the rest this
     iteration's rollout steps, all drawn (with their augmentation seeds) from an RNG seeded by (seed, i, u).
     Rollout steps: `weighted`, drawn with probability in proportion to their weight and weighing 1 (uniformly,
-    weighing 0, when every weight is 0); `uniform`, drawn alike and weighing their own weight."""
+    weighing 0, when every weight is 0); `uniform`, drawn alike and weighing their own weight. With ppo, rollout
+    steps are drawn uniformly and carry their advantage and acting chunks (a demonstration step: zeros, is_demo)."""
     g = torch.Generator().manual_seed(update_seed(ft.seed, iteration, update))
     n_demo = round(ft.batch_size * ft.demo_fraction)
     n_rollout = ft.batch_size - n_demo
     picks = [(demos, i) for i in torch.randint(len(demos), (n_demo,), generator=g).tolist()]
-    weighted = ft.sampling == "weighted" and n_rollout and rollouts.step_weights.sum() > 0
+    ppo = ft.algo == "ppo"
+    weighted = not ppo and ft.sampling == "weighted" and n_rollout and rollouts.step_weights.sum() > 0
     drawn = (torch.multinomial(rollouts.step_weights, n_rollout, replacement=True, generator=g) if weighted else
              torch.randint(len(rollouts), (n_rollout,), generator=g))
     picks += [(rollouts, i) for i in drawn.tolist()]
@@ -194,8 +216,14 @@ def sample_update_batch(demos, rollouts: RolloutSteps, ft, iteration: int, updat
         item = source[i]
         weight = ft.demo_weight if source is demos else 1.0 if weighted else item["weight"]
         items.append({**{k: item[k] for k in STEP_KEYS}, "sample_seed": seed, "weight": float(weight)})
+        if ppo:
+            zeros = torch.zeros(item["actions"].shape)
+            items[-1].update(is_demo=source is demos, advantage=float(item.get("advantage", 0.0)),
+                             old_chunk=item.get("old_chunk", zeros), start_chunk=item.get("start_chunk", zeros))
     batch = default_collate(items)
     batch["weight"] = batch["weight"].float()
+    if ppo:
+        batch["advantage"] = batch["advantage"].float()
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
@@ -301,6 +329,9 @@ def finetune(run: str | Path, data: str | Path, out: str | Path, reward: str = "
     history = _read_rows(out / "metrics.jsonl")
     env_steps_total = history[-1]["env_steps_total"] if history else 0
     kept, buffer_sha = {}, {row["iteration"]: row.get("buffer_sha256") for row in history}  # finetune.buffer != 1
+    ppo = ft.algo == "ppo"
+    buffered = not ppo and ft.buffer != 1  # ppo is on-policy: this iteration's rollouts only
+    execute_steps = config.eval.execute_steps
     launch = {"world_size": 1, "backend": None, "device": device.type, "global_batch_size": ft.batch_size,
               "batch_size_per_rank": ft.batch_size}
 
@@ -323,26 +354,38 @@ def finetune(run: str | Path, data: str | Path, out: str | Path, reward: str = "
                                           act=exploring_act(ft, i, clip))
             success = np.array([r["success"] for r in records], dtype=float)
             returns = success if scoring is None else scoring(records)
-            weights = advantage_weights(returns, [r["variation"] for r in records], ft.temperature, ft.max_weight)
-            episodes = RolloutSteps.episodes_of(records, store, weights)
-            if ft.buffer != 1:
+            groups = [r["variation"] for r in records]
+            weights = advantage_weights(returns, groups, ft.temperature, ft.max_weight)
+            episodes = RolloutSteps.episodes_of(records, store, weights, advantages(returns, groups))
+            if buffered:
                 window = buffer_window(ft.buffer, i)  # read back from disk only on a resume
                 kept = {j: kept[j] if j in kept else load_kept(out, j, buffer_sha.get(j)) for j in window}
                 kept[i], buffer_sha[i] = save_kept(out, i, episodes)
-            rollouts = RolloutSteps(episodes + [ep for j in buffer_window(ft.buffer, i) for ep in kept[j]], horizon)
+            if ppo:  # the policy's decisions (chunk starts), with what the acting and the starting policy predicted
+                rollouts = RolloutSteps(episodes, horizon, every=execute_steps).with_acting_chunks(policy, initial,
+                                                                                                   device)
+            else:
+                rollouts = RolloutSteps(episodes + [ep for j in buffer_window(ft.buffer, i) for ep in kept[j]],
+                                        horizon)
             steps = sum(r["steps"] for r in records)
             env_steps_total += steps
             t_rollout = time.perf_counter() - t0
 
             previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))  # finish the iteration
             try:
-                policy.train()
-                losses, norms = [], []
+                policy.train(not ppo)  # ppo: its ratio must compare the function that acted (no augmentation)
+                losses, norms, infos = [], [], []
                 for u in range(ft.updates):
                     batch = sample_update_batch(demos, rollouts, ft, i, u, device)
                     torch.manual_seed(update_seed(ft.seed, i, u) + 1)  # whatever else draws from torch's RNG
                     chunk, _ = policy.features(batch)
-                    loss = awr_loss(chunk, batch["actions"], batch["action_is_pad"], batch["weight"])
+                    if ppo:
+                        loss, info = ppo_loss(chunk, batch, ft.noise, ft.clip_ratio, ft.kl_coef, execute_steps)
+                        if infos and info["approx_kl"] > ft.target_kl:
+                            break  # early stop: far enough from the policy that acted for one batch of rollouts
+                        infos.append(info)
+                    else:
+                        loss = awr_loss(chunk, batch["actions"], batch["action_is_pad"], batch["weight"])
                     if not math.isfinite(loss.item()):
                         raise NumericalError(f"non-finite loss ({loss.item()}) at iteration {i} update {u}; last "
                                              f"good checkpoint: {last_checkpoint(out)}")
@@ -358,7 +401,11 @@ def finetune(run: str | Path, data: str | Path, out: str | Path, reward: str = "
                 row = _row(i, records, success, returns, weights, scoring is not None, history, steps,
                            env_steps_total, losses, norms, divergence, stats, t_rollout, time.perf_counter() - t0)
                 row["lr"] = optimizer.param_groups[0]["lr"]  # the iteration's last update's
-                if ft.buffer != 1:
+                if ppo:
+                    row.update(updates_done=len(losses), approx_kl=infos[-1]["approx_kl"],
+                               **{k: float(np.mean([x[k] for x in infos])) for k in ("clip_fraction", "kl_start",
+                                                                                      "policy_loss")})
+                if buffered:
                     row.update(buffer_episodes=len(rollouts.episodes), buffer_sha256=buffer_sha[i])
                 # rows first, then the checkpoint (as train): a resume drops the rows of a step never checkpointed
                 for r, ret, w in zip(records, returns, weights):
