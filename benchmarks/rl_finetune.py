@@ -104,16 +104,22 @@ def run_summary(run: Path) -> dict:
             "effective_episodes_per_iteration": [r["effective_episodes"] for r in rows]}
 
 
+def change(r: dict, before: str = "before", after: str = "after") -> tuple[dict, str]:
+    """One reward's after - before success over seeds (fractions, t 95 % CI) and its verdict."""
+    diff = seed_ci(np.array(r[after]) / 100 - np.array(r[before]) / 100)
+    verdict = ("improves" if diff["low"] is not None and diff["low"] > 0 else
+               "worsens" if diff["high"] is not None and diff["high"] < 0 else "no detectable change")
+    return diff, verdict
+
+
 def table(results: dict) -> list[tuple[str, str, str]]:
     rows = []
     for reward, r in results["rewards"].items():
         scopes = [("fine-tuned variations", "before", "after"), ("all variations", "before_all", "after_all")]
         for scope, before, after in scopes[:1 + ("after_all" in r)]:
-            b, a = np.array(r[before]) / 100, np.array(r[after]) / 100
-            diff = seed_ci(a - b)
-            verdict = ("improves" if diff["low"] is not None and diff["low"] > 0 else
-                       "worsens" if diff["high"] is not None and diff["high"] < 0 else "no detectable change")
-            rows.append((f"{reward}: success, {scope}", f"{pct(seed_ci(b))} -> {pct(seed_ci(a))}",
+            diff, verdict = change(r, before, after)
+            rows.append((f"{reward}: success, {scope}", f"{pct(seed_ci(np.array(r[before]) / 100))} -> "
+                                                        f"{pct(seed_ci(np.array(r[after]) / 100))}",
                          f"after - before {signed_pct(diff)} over {diff['n']} seeds (t 95 % CI): {verdict}"))
         auc = r["auc"]
         if any(v is not None for v in auc["before"]):

@@ -14,6 +14,7 @@ from _common import RESULTS
 from _mirror import pct, seed_ci, signed_pct
 from mirror_fine import (DEVIATIONS_MD, HALF_WIDTH_DESIGN, HALF_WIDTH_DONE, PREREGISTERED_MD, PRIMARY, difference,
                          p_text)
+from rl_finetune import change
 
 ROOT = Path(__file__).resolve().parent.parent
 # What the paper reports (18 RLBench tasks, ViCLIP + ARP; see DESIGN.md s1: from a secondary summary).
@@ -474,10 +475,10 @@ def oracle_gate(result: dict) -> list[str]:
     r = result["rewards"].get("success")
     if r is None:
         return []
-    diff = seed_ci([(a - b) / 100 for a, b in zip(r["after"], r["before"])])  # pct() reads fractions
+    diff, verdict = change(r)
     per_seed = "; ".join(f"seed {s}: {b:.1f} -> {a:.1f} %{scenes_text(p)}" for s, b, a, p in
                          zip(result["seeds"], r["before"], r["after"], r.get("paired") or [None] * len(r["after"])))
-    met = diff["low"] is not None and diff["low"] > 0
+    met = verdict == "improves"
     return [f"Oracle gate (the `success` arm must improve success detectably before a learned reward is judged): "
             f"after - before {signed_pct(diff)} over {diff['n']} seeds -> **{'met' if met else 'NOT met'}**"
             f"{'' if met else ': the algorithm or its budget is not right yet, and no learned reward is judged'}. "

@@ -45,11 +45,15 @@ def advantage_weights(returns, groups, temperature: float, max_weight: float) ->
     return np.minimum(np.exp(advantage / temperature), max_weight)
 
 
+def per_sample_l1(chunk: torch.Tensor, actions: torch.Tensor, action_is_pad: torch.Tensor) -> torch.Tensor:
+    """[B] mean |chunk - actions| of each sample over its real (unpadded) steps and the action dimensions (BC's)."""
+    real = (~action_is_pad).to(chunk.dtype)
+    return ((chunk - actions).abs().mean(-1) * real).sum(1) / real.sum(1).clamp(min=1)
+
+
 def awr_loss(chunk: torch.Tensor, actions: torch.Tensor, action_is_pad: torch.Tensor,
              weight: torch.Tensor) -> torch.Tensor:
     """sum_i w_i * l_i / sum_i w_i, l_i the mean |chunk - actions| of sample i over its real (unpadded) steps and
     the action dimensions. chunk, actions [B, H, A]; action_is_pad [B, H]; weight [B] (demonstration steps carry
     `demo_weight`, rollout steps their episode's advantage weight). Zero when every weight is zero."""
-    real = (~action_is_pad).to(chunk.dtype)
-    per_sample = ((chunk - actions).abs().mean(-1) * real).sum(1) / real.sum(1).clamp(min=1)
-    return (weight * per_sample).sum() / weight.sum().clamp(min=1e-12)
+    return (weight * per_sample_l1(chunk, actions, action_is_pad)).sum() / weight.sum().clamp(min=1e-12)

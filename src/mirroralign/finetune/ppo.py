@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import torch
 
+from mirroralign.finetune.awr import per_sample_l1
+
 
 def executed_mask(action_is_pad: torch.Tensor, execute_steps: int) -> torch.Tensor:
     """[B, H] True on the chunk's steps the simulator executed: the first `execute_steps`, none past the episode."""
@@ -47,8 +49,7 @@ def ppo_loss(chunk, batch: dict, scale: float, clip_ratio: float, kl_coef: float
     demo_weight), advantage [B], old_chunk and start_chunk [B, H, A] (the acting and the starting policy's locations).
     Returns (loss, info) with approx_kl (mean KL from the acting policy) and clip_fraction, as LeRobot's forward."""
     demo, rollout = batch["is_demo"], ~batch["is_demo"]
-    real = (~batch["action_is_pad"]).to(chunk.dtype)
-    l1 = ((chunk - batch["actions"]).abs().mean(-1) * real).sum(1) / real.sum(1).clamp(min=1)
+    l1 = per_sample_l1(chunk, batch["actions"], batch["action_is_pad"])
     bc = (batch["weight"] * l1)[demo].mean() if demo.any() else chunk.sum() * 0
     if not rollout.any():
         return bc, {"policy_loss": 0.0, "kl_start": 0.0, "approx_kl": 0.0, "clip_fraction": 0.0, "bc": bc.item()}
