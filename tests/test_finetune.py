@@ -403,6 +403,30 @@ def test_killed_or_interrupted_finetune_resumes_exactly(mirror_run, tiny_dataset
                 assert torch.equal(weights[k], w[k]), (name, k)
 
 
+def test_killed_ppo_finetune_resumes_exactly(mirror_run, tiny_dataset, tmp_path):
+    """PPO's own per-iteration state (the acting policy's chunks, the early stop at target_kl) is rebuilt on a
+    resume from the checkpoint alone: the same rollouts, the same number of updates, the same weights."""
+    args = ["finetune", "--run", mirror_run, "--data", tiny_dataset, "--reward", "success", "--preset", "tiny",
+            "--algo", "ppo", *SMALL, "finetune.target_kl=0.02"]  # tight enough that some iterations stop early
+    r = run_cli(*args, "--out", tmp_path / "straight")
+    assert r.returncode == 0, r.stderr
+    step, weights, rows, episodes = _final(tmp_path / "straight")
+    assert step == 3 and [row["step"] for row in rows] == [1, 2, 3]
+    done = [row["updates_done"] for row in rows]
+    assert min(done) < 3 and all(d >= 1 for d in done), done  # the early stop is part of what must resume exactly
+    code, _ = _stopped(args, tmp_path / "killed", signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    left = json.loads((tmp_path / "killed" / "checkpoints" / "latest.json").read_text())["step"]
+    assert 1 <= left < 3, left
+    r = run_cli(*args, "--out", tmp_path / "killed")
+    assert r.returncode == 0, r.stderr
+    s, w, rr, ee = _final(tmp_path / "killed")
+    assert s == step and rr == rows and ee == episodes  # updates_done, approx_kl, clip_fraction included
+    for k in weights:
+        if k != "rng.torch":
+            assert torch.equal(weights[k], w[k]), k
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 
 @pytest.fixture(scope="module")
