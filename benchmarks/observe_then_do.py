@@ -19,7 +19,7 @@ rewritten after every job: benchmarks/results/observe_then_do.{json,md}
 (another preset than `fine` writes observe_then_do_<preset>.*, so a smoke check never replaces the benchmark), and
 the report of the first seed beside them.
 
-Budget (an estimate, not yet measured): on `fine` (mirror-fine, 63 variations x 3 test scenes) per seed three runs of
+Budget (an estimate; `seconds_per_seed` in the JSON holds each arm's measured wall time): on `fine` (mirror-fine, 63 variations x 3 test scenes) per seed three runs of
 3000 steps (~1 h on 2 cores) and 8 evaluations of 189 rollouts (~12 min each at DESIGN.md s7's ~15 episodes per
 minute), about 2.5 h per seed, 7-8 h for 3 seeds; `--preset tiny` is a smoke check of a few minutes.
 """
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -155,6 +156,8 @@ def main() -> None:
             "seeds": [s for s, _ in done], "seeds_planned": args.seeds, "complete": len(done) == len(args.seeds),
             "train_condition": args.train_condition, "data": str(data), "summary": summary,
             "seed_commits": SeedResults.commits([part for _, arms in done for part in arms.values()]),
+            "seconds_per_seed": [{"seed": s, "arm_seconds": {arm: arms[arm]["seconds"] for arm in ARMS}}
+                                 for s, arms in done],
             "per_seed": {arm: [{c: {k: v for k, v in s[c].items() if not k.startswith("_")} for c in CONDITIONS}
                                | {"run": s["run"]} for s in per_seed[arm]] for arm in ARMS}}, table(summary))
 
@@ -163,10 +166,12 @@ def main() -> None:
 
 
 def run_arm(arm: str, seed: int, preset: str, train_condition: str, data: Path, root: Path) -> dict:
-    """Every condition's values on the test scenes, the run evaluated, and the code that measured them."""
+    """Every condition's values on the test scenes, the run evaluated, the wall time of this process (training
+    resumed from a cached checkpoint counts only what was left) and the code that measured them."""
+    start = time.monotonic()
     run = arm_runs(arm, preset, seed, train_condition, data, root)
-    return {c: condition_values(conditioned(run, data, root, c)) for c in CONDITIONS} | {"run": str(run),
-                                                                                         "machine": machine()}
+    values = {c: condition_values(conditioned(run, data, root, c)) for c in CONDITIONS}
+    return values | {"run": str(run), "seconds": round(time.monotonic() - start, 1), "machine": machine()}
 
 if __name__ == "__main__":
     main()
