@@ -132,6 +132,17 @@ def mirror_arm(preset: str, seed: int, overrides: list[str], data: Path, root: P
     return arm_metrics(both, unseen, both, analysis), paths
 
 
+def paired_on_rollouts(a: dict, b: dict) -> dict:
+    """a - b success on the rollouts both ran (outcomes keyed by rollout: one test scene of one variation; per
+    rollout +1 gained, -1 lost, 0 kept), in points, with a t 95 % CI over those rollouts: one seed's own evidence
+    (the benchmark's unit of replication stays the seed)."""
+    keys = sorted(set(a) & set(b))
+    diff = np.array([int(a[k]) - int(b[k]) for k in keys])
+    ci = paired_t(100 * diff)
+    return {"mean": ci["mean"], "low": ci["low"], "high": ci["high"], "scenes": len(diff),
+            "gained": int((diff > 0).sum()), "lost": int((diff < 0).sum())}
+
+
 def seed_ci(values) -> dict:
     """Mean and Student-t 95 % CI over seeds (mirroralign.stats.paired_t; the seed is the unit of replication: a
     bootstrap over 3 seeds would be far too narrow)."""

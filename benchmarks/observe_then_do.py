@@ -19,9 +19,10 @@ rewritten after every job: benchmarks/results/observe_then_do.{json,md}
 (another preset than `fine` writes observe_then_do_<preset>.*, so a smoke check never replaces the benchmark), and
 the report of the first seed beside them.
 
-Budget (an estimate; `seconds_per_seed` in the JSON holds each arm's measured wall time): on `fine` (mirror-fine, 63 variations x 3 test scenes) per seed three runs of
-3000 steps (~1 h on 2 cores) and 8 evaluations of 189 rollouts (~12 min each at DESIGN.md s7's ~15 episodes per
-minute), about 2.5 h per seed, 7-8 h for 3 seeds; `--preset tiny` is a smoke check of a few minutes.
+Budget (an estimate; `seconds_per_seed` in the JSON holds each arm's measured wall time): on `fine` (mirror-fine,
+63 variations x 3 test scenes) per seed three runs of 3000 steps (~1 h on 2 cores) and 8 evaluations of 189 rollouts
+(~12 min each at DESIGN.md s7's ~15 episodes per minute), about 2.5 h per seed, 7-8 h for 3 seeds; `--preset tiny`
+is a smoke check of a few minutes.
 """
 
 from __future__ import annotations
@@ -31,9 +32,8 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 from _common import RESULTS, SeedResults, machine, run_parts, seeded_parser, write_results
-from _mirror import config_for, generated, pct, seed_ci, signed_pct, trained
+from _mirror import config_for, generated, paired_on_rollouts, pct, seed_ci, signed_pct, trained
 
 from mirroralign.evaluate.run import evaluate, is_evaluation_of
 from mirroralign.report import report
@@ -77,15 +77,20 @@ def condition_values(metrics: dict) -> dict:
             "_outcomes": {f"{e['variation_id']}/{e['k']}": bool(e["success"]) for e in ro["episodes"]}}
 
 
-def on_common_rollouts(a: dict, b: dict) -> tuple[float, float]:
-    """Success of two conditions on the rollouts both ran (sibling runs only the variations that have siblings)."""
-    keys = sorted(set(a["_outcomes"]) & set(b["_outcomes"]))
-    return float(np.mean([a["_outcomes"][k] for k in keys])), float(np.mean([b["_outcomes"][k] for k in keys]))
+def paired(a: dict, b: dict) -> dict:
+    """Condition a - condition b of one seed, on the rollouts both ran (sibling runs only the variations that have
+    siblings), in points with a t-CI over those rollouts (_mirror.paired_on_rollouts)."""
+    return paired_on_rollouts(a["_outcomes"], b["_outcomes"])
 
 
 def summarise(per_seed: dict) -> dict:
     """Per arm and condition: per-seed success and its t-CI over seeds; per arm the contrasts, per condition the
-    mirror - independent difference, each paired by seed (and by rollout, on the rollouts both conditions ran)."""
+    mirror - independent difference, each paired by seed (and by rollout, on the rollouts both conditions ran: each
+    seed's own evidence under `per_seed_paired`)."""
+    def difference(pairs: list[dict]) -> dict:
+        values = [p["mean"] / 100 for p in pairs]
+        return {"per_seed": values, **seed_ci(values), "per_seed_paired": pairs}
+
     out = {"conditions": {}, "contrasts": {}, "alignment": {}}
     for arm in ARMS:
         seeds = per_seed[arm]
@@ -95,12 +100,10 @@ def summarise(per_seed: dict) -> dict:
         shown = [s["sibling"]["shown_variation_success"] for s in seeds]
         out["conditions"][f"{arm}/sibling_shown_variation"] = {"per_seed": shown, **seed_ci(shown)}
         for c, against, _ in CONTRASTS:
-            diff = [x - y for x, y in (on_common_rollouts(s[c], s[against]) for s in seeds)]
-            out["contrasts"][f"{arm}/{c}-{against}"] = {"per_seed": diff, **seed_ci(diff)}
+            out["contrasts"][f"{arm}/{c}-{against}"] = difference([paired(s[c], s[against]) for s in seeds])
     for c in CONDITIONS:
-        diff = [x - y for x, y in (on_common_rollouts(m[c], i[c])
-                                   for m, i in zip(per_seed["mirror"], per_seed["independent"]))]
-        out["alignment"][c] = {"per_seed": diff, **seed_ci(diff)}
+        out["alignment"][c] = difference([paired(m[c], i[c])
+                                          for m, i in zip(per_seed["mirror"], per_seed["independent"])])
     return out
 
 

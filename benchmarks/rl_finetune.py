@@ -37,11 +37,10 @@ from pathlib import Path
 
 import numpy as np
 from _common import SeedResults, machine, run_parts, seeded_parser, write_results
-from _mirror import config_for, evaluated, generated, pct, seed_ci, signed_pct, trained
+from _mirror import config_for, evaluated, generated, paired_on_rollouts, pct, seed_ci, signed_pct, trained
 
 from mirroralign.evaluate.run import evaluate, is_evaluation_of
 from mirroralign.finetune.run import finetune
-from mirroralign.stats import paired_t
 
 REWARDS = ("success", "understanding", "aligned")
 # The variations fine-tuned on, per suite: goal variants the instruction must disambiguate, off the success floor
@@ -83,10 +82,7 @@ def paired_on_scenes(before: dict, after: dict) -> dict:
     b, a = outcome(before), outcome(after)
     if b.keys() != a.keys():
         raise ValueError("the two evaluations ran different test scenes")
-    diff = np.array([int(a[k]) - int(b[k]) for k in sorted(b)])
-    ci = paired_t(100 * diff)
-    return {"mean": ci["mean"], "low": ci["low"], "high": ci["high"], "scenes": len(diff),
-            "gained": int((diff > 0).sum()), "lost": int((diff < 0).sum())}
+    return paired_on_rollouts(a, b)
 
 
 def run_summary(run: Path) -> dict:

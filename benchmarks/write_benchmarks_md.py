@@ -397,17 +397,24 @@ def observe_section(result: dict | None) -> list[str]:
     for arm in ("independent", "mirror"):
         cells = [pct(s["conditions"][f"{arm}/{c}"]) for c in ("text", "video", "sibling", "null")]
         lines.append(f"| {arm} | {' | '.join(cells)} | {pct(s['conditions'][f'{arm}/sibling_shown_variation'])} |")
-    lines += ["", "| contrast (paired by seed) | difference | verdict |", "|---|---|---|"]
+    def row(label: str, entry: dict) -> str:
+        per_seed = "; ".join(f"seed {seed}: {p['mean']:+.1f}" + (f" [{p['low']:+.1f}, {p['high']:+.1f}]"
+                                                                  if p["low"] is not None else "")
+                             + f" ({p['gained']} gained, {p['lost']} lost of {p['scenes']})"
+                             for seed, p in zip(result["seeds"], entry["per_seed_paired"]))
+        return f"| {label} | {signed_pct(entry)} | {verdict(entry)} | {per_seed} |"
+
+    lines += ["", "| contrast | difference (paired by seed) | verdict | per seed, paired over its test rollouts |",
+              "|---|---|---|---|"]
     for key, label in [("independent/video-text", "independent: video - text"),
                        ("mirror/video-text", "mirror: video - text"),
                        ("independent/sibling-video", "independent: sibling - video"),
                        ("mirror/sibling-video", "mirror: sibling - video"),
                        ("independent/null-video", "independent: null - video"),
                        ("mirror/null-video", "mirror: null - video")]:
-        lines.append(f"| {label} | {signed_pct(s['contrasts'][key])} | {verdict(s['contrasts'][key])} |")
+        lines.append(row(label, s["contrasts"][key]))
     for c in ("video", "text"):
-        lines.append(f"| mirror - independent, told by {c} | {signed_pct(s['alignment'][c])} | "
-                     f"{verdict(s['alignment'][c])} |")
+        lines.append(row(f"mirror - independent, told by {c}", s["alignment"][c]))
     return lines + [""]
 
 

@@ -345,13 +345,20 @@ def test_observe_then_do_contrasts_pair_by_rollout_and_seed_and_reach_benchmarks
     # the sibling condition ran only a/0 and a/1: compared with video on those two rollouts alone
     assert s["contrasts"]["independent/sibling-video"]["per_seed"] == [-0.5, -0.5]
     assert s["alignment"]["video"]["per_seed"] == [0.25, 0.25]
+    # each seed's own evidence, paired over its rollouts: seed 0's video - text is 0, -100, 0, 0 points per rollout,
+    # mean -25, sd 50, t(3) 3.1824 * 50 / 2 = 79.56
+    first = s["contrasts"]["independent/video-text"]["per_seed_paired"][0]
+    assert (first["gained"], first["lost"], first["scenes"], first["mean"]) == (0, 1, 4, -25.0)
+    assert first["low"] == pytest.approx(-104.56, abs=0.01) and first["high"] == pytest.approx(54.56, abs=0.01)
+    assert s["contrasts"]["independent/sibling-video"]["per_seed_paired"][0]["scenes"] == 2
     result = {"summary": s, "seeds": [0, 1], "seeds_planned": [0, 1, 2], "complete": False, "preset": "fine",
               "machine": {"cpus": 2, "platform": "P", "torch": "T", "mujoco_gl": "osmesa", "commit": "c"},
               "date": "D"}
     text = "\n".join(observe_section(result))
     assert "**PARTIAL: 2 of 3 seeds** (seeds [0, 1]), preset `fine`. Machine: 2 CPUs, P" in text
-    assert ("| independent: video - text | -25.0 (same on all 2 seeds, no CI) | undecided (no spread over seeds) |"
-            in text)
+    assert ("| independent: video - text | -25.0 (same on all 2 seeds, no CI) | undecided (no spread over seeds) | "
+            "seed 0: -25.0 [-104.6, +54.6] (0 gained, 1 lost of 4); seed 1: -25.0 [-104.6, +54.6] (0 gained, 1 lost "
+            "of 4) |" in text)
     assert "| independent | 62.5 [0.0, 100.0] | 37.5 [0.0, 100.0] | 25.0 [0.0, 100.0] | 0.0 (same on all 2" in text
     assert observe_section(None)[-2].startswith("_Not run yet_")
 
