@@ -15,7 +15,7 @@ Resumable and cached as mirror_effect.py (`_mirror.py`): every run under ROOT/ru
 (train resumes from its last checkpoint), every evaluation under ROOT/eval by run and condition, kept while it is of
 the run's latest checkpoint. Each arm of a seed is a job of its own, `--jobs` at a time (_common.run_parts), kept
 once finished in benchmarks/results/observe_then_do_seeds/seed-N.ARM.json (committed: never rerun). Results are
-rewritten after every job: benchmarks/results/observe_then_do.{json,md}
+written at the start from the seeds kept, and again after every job: benchmarks/results/observe_then_do.{json,md}
 (another preset than `fine` writes observe_then_do_<preset>.*, so a smoke check never replaces the benchmark), and
 the report of the first seed beside them.
 
@@ -164,8 +164,8 @@ def main() -> None:
             "per_seed": {arm: [{c: {k: v for k, v in s[c].items() if not k.startswith("_")} for c in CONDITIONS}
                                | {"run": s["run"]} for s in per_seed[arm]] for arm in ARMS}}, table(summary))
 
+    write_all()  # at once from the seeds already kept (a change to the summary shows without measuring anything)
     run_parts(__file__, todo, args.jobs, on_done=write_all)
-    write_all()
 
 
 def run_arm(arm: str, seed: int, preset: str, train_condition: str, data: Path, root: Path) -> dict:
