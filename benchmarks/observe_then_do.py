@@ -19,10 +19,10 @@ written at the start from the seeds kept, and again after every job: benchmarks/
 (another preset than `fine` writes observe_then_do_<preset>.*, so a smoke check never replaces the benchmark), and
 the report of the first seed beside them.
 
-Budget (an estimate; `seconds_per_seed` in the JSON holds each arm's measured wall time): on `fine` (mirror-fine,
-63 variations x 3 test scenes) per seed three runs of 3000 steps (~1 h on 2 cores) and 8 evaluations of 189 rollouts
-(~12 min each at DESIGN.md s7's ~15 episodes per minute), about 2.5 h per seed, 7-8 h for 3 seeds; `--preset tiny`
-is a smoke check of a few minutes.
+Budget (`seconds_per_seed` in the JSON holds each arm's measured wall time): on `fine` (mirror-fine, 63 variations
+x 3 test scenes) per seed three runs of 3000 steps and 8 evaluations of 189 rollouts; seed 0 took 5,405 s
+(independent) and 5,515 s (mirror) with the two arms side by side on 2 cores, so ~1.5 h per seed, ~4.5 h for 3
+(plus ~17 min to generate the dataset); `--preset tiny` is a smoke check of a few minutes.
 """
 
 from __future__ import annotations

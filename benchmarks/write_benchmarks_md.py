@@ -389,7 +389,7 @@ def observe_section(result: dict | None) -> list[str]:
         "instruction (text), a clip of the variation from another scene (video), a clip of another variation of the "
         "same task (sibling) and nothing (null).", result)
     if result is None:
-        return lines + ["_Not run yet_ (an estimated 2.5 h per seed on 2 cores; smoke-checked on `tiny`).", ""]
+        return lines + ["_Not run yet_ (~1.5 h per seed on 2 cores; smoke-checked on `tiny`).", ""]
     s = result["summary"]
     lines[-1] += f". Machine: {machine_line(result)}."
     lines += ["", "Success in % (mean over seeds [Student-t 95 % CI]).", "",
