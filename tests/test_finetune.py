@@ -20,10 +20,11 @@ from rlbench_fixture import write_rlbench
 from safetensors.torch import load_file
 
 from mirroralign.data.datasets import ObserverClips, to_chw, uniform_indices
-from mirroralign.data.generate import SPLIT_OFFSET
+from mirroralign.data.generate import SPLIT_OFFSET, scene_seed
 from mirroralign.data.store import EpisodeStore, sha256_file
 from mirroralign.errors import UsageError
-from mirroralign.finetune.awr import advantage_weights, awr_loss
+from mirroralign.evaluate.rollouts import Episode
+from mirroralign.finetune.awr import advantage_weights, advantages, awr_loss
 from mirroralign.finetune.ppo import laplace_kl, laplace_log_ratio, ppo_loss
 from mirroralign.finetune.rewards import (
     ALIGNED_STEPS,
@@ -37,6 +38,7 @@ from mirroralign.finetune.rewards import (
 from mirroralign.errors import DataError
 from mirroralign.finetune.run import (
     buffer_window,
+    exploring_act,
     finetune,
     first_scene,
     load_kept,
@@ -145,6 +147,11 @@ def test_advantage_weights_by_hand():
     assert advantage_weights(returns, groups, 0.0, 20.0).tolist() == [1, 0, 1, 1, 0, 0]
     assert advantage_weights([0.3, 0.3], [0, 0], 1.0, 20.0).tolist() == [1, 1]  # no spread at all: all alike
     assert advantage_weights([0.3, 0.3], [0, 0], 0.0, 20.0).tolist() == [0, 0]
+    # finetune.repeats > 1: the groups are scenes ("variation/k"); one variation, scene 5 mixed, scene 6 all success
+    returns, by_scene = [1.0, 0.0, 1.0, 1.0], ["0/5", "0/5", "0/6", "0/6"]
+    std = np.std(returns)
+    np.testing.assert_allclose(advantages(returns, by_scene), [0.5 / std, -0.5 / std, 0.25 / std, 0.25 / std])
+    np.testing.assert_allclose(advantages(returns, [0, 0, 0, 0]), [0.25 / std, -0.75 / std, 0.25 / std, 0.25 / std])
 
 
 def test_update_batches_mix_demonstrations_and_rollouts_by_demo_fraction():
@@ -287,12 +294,31 @@ def test_rollouts_use_train_scenes_only_and_fresh_ones_by_default(tiny_dataset):
     assert first_scene(store, "demonstrated") == 0 and first_scene(store, "fresh") == last_demo_k + 1
     for first in (0, first_scene(store, "fresh")):
         plans = [rollout_plan([0, 4], 3, i, 0, first) for i in range(4)]
-        seeds = [s for plan in plans for _, _, s in plan]
+        seeds = [s for plan in plans for _, _, s, _ in plan]
         assert all(0 <= s < SPLIT_OFFSET["val"] for s in seeds) and not test_seeds & set(seeds)
         ks = [first + 3, first + 4, first + 5]
-        assert [k for _, k, _ in plans[1]] == ks * 2  # each iteration new scenes, shared by variations
-    assert demo_seeds & {s for _, _, s in rollout_plan([0], 3, 0, 0, 0)}  # the demonstrations' own layouts
+        assert [k for _, k, _, _ in plans[1]] == ks * 2  # each iteration new scenes, shared by variations
+    assert demo_seeds & {s for _, _, s, _ in rollout_plan([0], 3, 0, 0, 0)}  # the demonstrations' own layouts
     assert not demo_seeds & set(seeds)  # fresh: never a layout a demonstration was recorded on
+
+
+def test_repeats_roll_each_scene_out_several_times_with_noise_of_its_own():
+    plans = [rollout_plan([0, 4], 4, i, 0, 10, repeats=2) for i in range(3)]
+    # 4 episodes a variation: 2 scenes, each twice; iterations move on to new scenes, the budget of scenes halves
+    assert [(v, k, r) for v, k, _, r in plans[1]] == [(v, k, r) for v in (0, 4) for k in (12, 13) for r in (0, 1)]
+    assert [s for *_, s, _ in rollout_plan([0], 4, 0, 0, 10)] == [scene_seed(0, "train", k) for k in range(10, 14)]
+    assert [k for _, k, _, _ in rollout_plan([0], 4, 1, 0, 10)] == [14, 15, 16, 17]  # repeats 1: as before
+
+    # each repeat explores with its own noise; repeat 0's is the stream of the runs before repeats existed
+    ft = SimpleNamespace(seed=3, noise=0.1)
+    zero = SimpleNamespace(act=lambda batch: torch.zeros(len(batch["proprio"]), 2, 4))  # noise alone (no policy)
+    store = SimpleNamespace(canonical_text=[0])
+    frame = {"agent": np.zeros((1, 8, 8, 3), np.uint8), "proprio": np.zeros(4, np.float32)}
+    noise = {r: exploring_act(ft, 1, clip=False)(zero, store, None, [Episode(0, 12, 99, r, frames=[frame])], "cpu")[0]
+             for r in (0, 1)}
+    assert not np.allclose(noise[0], noise[1])
+    expected = np.random.default_rng([3, 1, 0, 12]).laplace(0.0, 0.1, (2, 4)).astype(np.float32)
+    np.testing.assert_array_equal(noise[0], expected)
 
 
 # ------------------------------------------------------------------------------------------------ end to end
@@ -341,8 +367,15 @@ def test_tiny_finetune_end_to_end_then_evaluate(mirror_run, tiny_dataset, tmp_pa
 def test_tiny_ppo_finetune_steps_within_its_brakes(mirror_run, tiny_dataset, tmp_path):
     out = tmp_path / "ppo"
     r = _finetune("--run", mirror_run, "--data", tiny_dataset, "--algo", "ppo", "finetune.iterations=2",
-                  "finetune.target_kl=1e-6", out=out)  # a bound tight enough to stop every iteration early
+                  "finetune.target_kl=1e-6", "finetune.repeats=2", out=out)  # a bound that stops every iteration early
     assert r.returncode == 0, r.stderr
+    episodes = [json.loads(x) for x in (out / "rollouts.jsonl").read_text().splitlines()]
+    for i in (0, 1):  # repeats 2 of the tiny preset's 2 episodes: one scene per variation and iteration, twice
+        mine = [e for e in episodes if e["iteration"] == i]
+        assert sorted((e["variation_id"], e["repeat"]) for e in mine) == [(v, r) for v in ("drawer-open",
+                                                                                           "reach-left-low")
+                                                                          for r in (0, 1)]
+        assert len({e["scene_seed"] for e in mine}) == 1  # the variations share their scenes, as without repeats
     assert json.loads((out / "run.json").read_text())["identity"]["finetune"]["algo"] == "ppo"
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [1, 2]
@@ -470,7 +503,10 @@ def test_bad_inputs_exit_2_and_write_nothing(mirror_run, tiny_dataset, imported_
         (dict(reward="success", overrides=["finetune.sampling=greedy"]), "finetune.sampling must be one of"),
         (dict(reward="success", overrides=["finetune.buffer=-1"]), "finetune.buffer must be >= 0"),
         (dict(reward="success", overrides=["finetune.iterations=150000", "finetune.episodes=2"]),
-         "runs past the train split's scene seeds"),
+         "run past the train split's scene seeds"),
+        (dict(reward="success", overrides=["finetune.iterations=300000", "finetune.repeats=2"]),
+         "run past the train split's scene seeds"),  # 300000 x 2 / 2 scenes from k0 > 0: still too many
+        (dict(reward="success", overrides=["finetune.repeats=3"]), r"finetune.repeats must divide finetune.episodes"),
         (dict(reward="success", overrides=["finetune.variations=[nope]"]), "does not have: nope"),
         (dict(reward="success", overrides=["eval.max_steps=0"]), "eval.max_steps"),
         (dict(reward="nope"), "--reward must be one of"),

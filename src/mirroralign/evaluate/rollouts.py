@@ -71,6 +71,7 @@ class Episode:
     variation: int
     k: int
     scene_seed: int
+    repeat: int = 0  # finetune: which of the rollouts of the same scene (each explores with its own noise)
     frames: list = field(default_factory=list)  # packed observations, in order
     actions: list = field(default_factory=list)
     attempts: int = 0
@@ -109,10 +110,11 @@ class _Slot:
 
 def run_rollouts(policy, store, config: Config, seed: int = 0, episodes: int | None = None,
                  variations: list[int] | None = None, progress: bool = True,
-                 plan: list[tuple[int, int, int]] | None = None, act=None) -> tuple[list[dict], dict]:
+                 plan: list[tuple[int, ...]] | None = None, act=None) -> tuple[list[dict], dict]:
     """Roll `policy` out on the test scenes of every variation; returns (records, stats). Each record holds
-    variation, k, scene seed, success, steps, and the arrays of the rollout. `plan` replaces the test scenes by
-    (variation, k, scene seed) triples (finetune: train scenes); `act` replaces `policy_actions` (same signature)."""
+    variation, k, repeat, scene seed, success, steps, and the arrays of the rollout. `plan` replaces the test scenes
+    by (variation, k, scene seed[, repeat]) tuples (finetune: train scenes, each maybe more than once); `act`
+    replaces `policy_actions` (same signature)."""
     v = config.eval
     cams = store.manifest["cameras"]
     agent, observer = cams["agent"], cams["observer"]
@@ -120,7 +122,7 @@ def run_rollouts(policy, store, config: Config, seed: int = 0, episodes: int | N
     if plan is None:
         plan = [(i, k, scene_seed(seed, "test", k))
                 for i in (variations if variations is not None else range(len(store.variations))) for k in range(n)]
-    todo = deque(Episode(i, k, s) for i, k, s in plan)
+    todo = deque(Episode(*item) for item in plan)
     total = len(todo)
     ctx = get_context("spawn")
     args = (store.manifest["simulator"], store.manifest["image_size"], agent, observer, store.fidelity, v.max_steps)
@@ -191,7 +193,7 @@ def run_rollouts(policy, store, config: Config, seed: int = 0, episodes: int | N
             slot.proc.join(timeout=5)
             if slot.proc.is_alive():
                 slot.proc.kill()
-    records.sort(key=lambda r: (r["variation"], r["k"]))
+    records.sort(key=lambda r: (r["variation"], r["k"], r["repeat"]))
     return records, {"worker_restarts": restarts}
 
 
@@ -214,5 +216,5 @@ def _record(store, ep: Episode, reply: dict) -> dict:
     arrays["proprio"] = np.stack([f["proprio"] for f in ep.frames])
     arrays["actions"] = np.stack(ep.actions[: len(ep.frames) - 1]).astype(np.float32)  # as predicted (unclipped)
     return {"variation": ep.variation, "variation_id": store.variations[ep.variation].id, "k": ep.k,
-            "scene_seed": ep.scene_seed, "success": bool(reply["success"]), "steps": int(reply["steps"]),
-            "arrays": arrays}
+            "repeat": ep.repeat, "scene_seed": ep.scene_seed, "success": bool(reply["success"]),
+            "steps": int(reply["steps"]), "arrays": arrays}

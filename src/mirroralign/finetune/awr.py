@@ -25,9 +25,10 @@ import torch
 
 def advantages(returns, groups) -> np.ndarray:
     """Per episode: A = (R - baseline) / std of all R (std 0: A = 0), the baseline the mean R of its group (the
-    same instruction's rollouts), or the mean of all R where the group's returns do not vary: within such a group
-    nothing tells its episodes apart, so a variation all of whose rollouts succeeded is compared with the others
-    (and imitated) rather than dropped, and one all of whose rollouts failed is not imitated."""
+    same instruction's rollouts; with finetune.repeats > 1 the same scene's, so that A is what the exploration noise
+    did rather than how hard the layout was), or the mean of all R where the group's returns do not vary: within
+    such a group nothing tells its episodes apart, so a group all of whose rollouts succeeded is compared with the
+    others (and imitated) rather than dropped, and one all of whose rollouts failed is not imitated."""
     returns, groups = np.asarray(returns, dtype=np.float64), np.asarray(groups)
     of_group = {g: returns[groups == g] for g in np.unique(groups)}
     means = {g: r.mean() if np.ptp(r) > 0 else returns.mean() for g, r in of_group.items()}

@@ -27,6 +27,9 @@ class FinetuneConfig:
     algo: str = "awr"  # awr: finetune/awr.py (AWR, filtered BC) | ppo: finetune/ppo.py (clipped policy gradient)
     iterations: int = 12
     episodes: int = 4  # rollouts per variation and iteration (>= 2: the baseline is their mean)
+    repeats: int = 1  # rollouts of each train scene (a divisor of episodes), each exploring with its own noise; > 1:
+    # an episode's baseline is its own scene's rollouts (as GRPO's group: one prompt, several samples), so that its
+    # advantage tells what the noise did from how hard the layout is
     scenes: str = "fresh"  # train scenes rolled out: fresh (after the demonstrations' last, layouts the policy was
     # never shown) | demonstrated (from the first, the demonstrations' own layouts; before 2026-12-03 the only choice)
     updates: int = 60  # gradient steps per iteration
@@ -91,6 +94,8 @@ def load_finetune_config(preset: str, overrides) -> FinetuneConfig:
         (ft.iterations > 0 and ft.updates > 0, "finetune.iterations and finetune.updates must be positive"),
         (ft.episodes >= 2, f"finetune.episodes must be >= 2 (an episode's baseline is the mean return of its "
                            f"variation's rollouts), got {ft.episodes}"),
+        (ft.repeats >= 1 and ft.episodes % ft.repeats == 0, f"finetune.repeats must divide finetune.episodes "
+                                                            f"({ft.episodes}), got {ft.repeats}"),
         (ft.scenes in SCENES, f"finetune.scenes must be one of {', '.join(SCENES)}, got {ft.scenes!r}"),
         (ft.sampling in SAMPLINGS, f"finetune.sampling must be one of {', '.join(SAMPLINGS)}, got {ft.sampling!r}"),
         (ft.batch_size >= 2 and 0 <= ft.demo_fraction <= 1, "finetune.batch_size must be >= 2 and "

@@ -5,10 +5,11 @@ The output is a run directory of mode `execute` (run.json: the parent's config w
 layout as `train`'s (step = iteration), so `evaluate` and `analyze` take it as any execute run, on the test
 scenes it never saw.
 
-Iteration i: (1) roll the policy out with Laplace exploration noise on `episodes` train scenes per variation:
-episode j of variation v runs train scene k = k0 + i * episodes + j (k0: see `first_scene`), its noise drawn from an
-RNG seeded by (seed, i, v, k), its chunks from a forward pass of its own (a batch of one), so that no episode
-depends on which others the workers happen to run beside it; (2) reward them and measure the learned reward
+Iteration i: (1) roll the policy out with Laplace exploration noise, `episodes` rollouts per variation: S =
+episodes / repeats train scenes, k = k0 + i * S + j (k0: see `first_scene`), each `repeats` times, the noise of
+repeat r drawn from an RNG seeded by (seed, i, v, k, r), its chunks from a forward pass of its own (a batch of
+one), so that no episode depends on which others the workers happen to run beside it; (2) reward them (the
+advantage's baseline: the variation's rollouts, or with repeats > 1 the scene's) and measure the learned reward
 against true success; (3) `updates` AdamW steps on batches of demonstration steps and rollout steps (this
 iteration's, and with `buffer` the kept ones of earlier iterations, read back from OUT/rollouts on a resume) drawn
 from an RNG seeded by (seed, i, u) (`algo=ppo`: clipped policy-gradient steps on this iteration's decisions
@@ -72,12 +73,15 @@ def first_scene(store: EpisodeStore, scenes: str) -> int:
     return 0 if scenes == "demonstrated" else 1 + max(store.episodes[e]["k"] for e in store.episode_ids("train"))
 
 
-def rollout_plan(variations: list[int], episodes: int, iteration: int, data_seed: int,
-                 first: int = 0) -> list[tuple[int, int, int]]:
-    """(variation, k, scene seed) of iteration i's rollouts: train scenes k = first + i * episodes + j, never a test
-    one (the caller keeps k below the val split's offset)."""
-    start = first + iteration * episodes
-    return [(v, k, scene_seed(data_seed, "train", k)) for v in variations for k in range(start, start + episodes)]
+def rollout_plan(variations: list[int], episodes: int, iteration: int, data_seed: int, first: int = 0,
+                 repeats: int = 1) -> list[tuple[int, int, int, int]]:
+    """(variation, k, scene seed, repeat) of iteration i's rollouts: `episodes // repeats` train scenes
+    k = first + i * episodes // repeats + j, each rolled out `repeats` times, never a test one (the caller keeps k
+    below the val split's offset)."""
+    scenes = episodes // repeats
+    start = first + iteration * scenes
+    return [(v, k, scene_seed(data_seed, "train", k), r) for v in variations for k in range(start, start + scenes)
+            for r in range(repeats)]
 
 
 def exploring_act(ft, iteration: int, clip: bool):
@@ -87,10 +91,12 @@ def exploring_act(ft, iteration: int, clip: bool):
     def act(policy, store, config, episodes, device):
         chunks = []
         for ep in episodes:
+            key = (ep.variation, ep.k, ep.repeat)
             if not ep.actions:  # the first chunk of this attempt: a retried episode starts its noise over
-                rngs[ep.variation, ep.k] = np.random.default_rng([ft.seed, iteration, ep.variation, ep.k])
+                repeat = [ep.repeat] if ep.repeat else []  # repeat 0: the stream of runs before finetune.repeats
+                rngs[key] = np.random.default_rng([ft.seed, iteration, ep.variation, ep.k, *repeat])
             chunk = policy_actions(policy, store, config, [ep], device)[0]
-            chunk = chunk + rngs[ep.variation, ep.k].laplace(0.0, ft.noise, chunk.shape).astype(np.float32)
+            chunk = chunk + rngs[key].laplace(0.0, ft.noise, chunk.shape).astype(np.float32)
             chunks.append(np.clip(chunk, -1.0, 1.0) if clip else chunk)  # regress what the simulator executed
         return np.stack(chunks)
 
@@ -284,9 +290,10 @@ def finetune(run: str | Path, data: str | Path, out: str | Path, reward: str = "
         raise UsageError(f"finetune.variations names variations --data does not have: {', '.join(unknown)}")
     rolled = sorted(store.variation_index[v] for v in ft.variations) or list(range(len(store.variations)))
     first = first_scene(store, ft.scenes)
-    if first + ft.iterations * ft.episodes > SPLIT_OFFSET["val"]:
-        raise UsageError(f"finetune.iterations * finetune.episodes ({ft.iterations * ft.episodes}) from train scene "
-                         f"{first} on runs past the train split's scene seeds ({SPLIT_OFFSET['val']})")
+    scenes = ft.iterations * ft.episodes // ft.repeats
+    if first + scenes > SPLIT_OFFSET["val"]:
+        raise UsageError(f"finetune.iterations * finetune.episodes / finetune.repeats ({scenes}) train scenes from "
+                         f"{first} on run past the train split's scene seeds ({SPLIT_OFFSET['val']})")
     judge = _validated_scorer(scorer, store, ft.reward) if scorer is not None else None
     config = parent_config(parent.config, theirs)
     out = Path(out)
@@ -350,11 +357,11 @@ def finetune(run: str | Path, data: str | Path, out: str | Path, reward: str = "
             t0 = time.perf_counter()
             policy.eval()
             records, stats = run_rollouts(policy, store, config, progress=False,
-                                          plan=rollout_plan(rolled, ft.episodes, i, data_seed, first),
+                                          plan=rollout_plan(rolled, ft.episodes, i, data_seed, first, ft.repeats),
                                           act=exploring_act(ft, i, clip))
             success = np.array([r["success"] for r in records], dtype=float)
             returns = success if scoring is None else scoring(records)
-            groups = [r["variation"] for r in records]
+            groups = [f"{r['variation']}/{r['k']}" if ft.repeats > 1 else r["variation"] for r in records]
             weights = advantage_weights(returns, groups, ft.temperature, ft.max_weight)
             episodes = RolloutSteps.episodes_of(records, store, weights, advantages(returns, groups))
             if buffered:
@@ -411,6 +418,7 @@ def finetune(run: str | Path, data: str | Path, out: str | Path, reward: str = "
                 for r, ret, w in zip(records, returns, weights):
                     episodes_log.write(json.dumps({
                         "step": i + 1, "iteration": i, "variation_id": r["variation_id"], "k": r["k"],
+                        "repeat": r["repeat"],
                         "scene_seed": r["scene_seed"], "success": r["success"], "steps": r["steps"],
                         "reward": float(ret), "weight": float(w)}) + "\n")
                 episodes_log.flush()
