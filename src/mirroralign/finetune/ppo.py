@@ -8,7 +8,8 @@ and, as in AWR, demonstration steps in every batch under the BC loss (`demo_frac
 episode's advantage is its return against the mean of the same instruction's rollouts in the iteration (as GRPO, Shao
 et al. 2024, and awr.advantages), since a value network fit on the ~1000 decisions of an iteration would be noise, and
 its warm-up would cost rollouts. With `repeats` > 1 the group is the scene (each layout rolled out several times,
-GRPO's several samples of one prompt), so the advantage credits the noise, not the layout. On-policy: it learns from this iteration's rollouts only (`buffer` is AWR's).
+GRPO's several samples of one prompt), so the advantage credits the noise, not the layout. On-policy: it learns from
+this iteration's rollouts only (`buffer` is AWR's).
 
 The likelihood. The policy acts by adding Laplace(0, b) noise (b = `noise`) to its predicted chunk and executing the
 chunk's first `eval.execute_steps` steps, then predicting again. A decision is therefore a chunk start t, and
