@@ -97,7 +97,10 @@ def run_summary(run: Path) -> dict:
             # the policy has moved from its start (mean |action difference|), the episodes the weights imitate
             "train_success_per_iteration": [r["success_rate"] for r in rows],
             "divergence_per_iteration": [r["divergence"] for r in rows],
-            "effective_episodes_per_iteration": [r["effective_episodes"] for r in rows]}
+            "effective_episodes_per_iteration": [r["effective_episodes"] for r in rows],
+            # the groups whose episodes' returns differ (with finetune.repeats > 1: scenes that some noise draws
+            # solved and others not), the only ones whose advantages say anything; absent in runs before 2026-12-07
+            "mixed_groups_per_iteration": [r.get("mixed_groups") for r in rows]}
 
 
 def change(r: dict, before: str = "before", after: str = "after") -> tuple[dict, str]:

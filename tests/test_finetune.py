@@ -24,7 +24,7 @@ from mirroralign.data.generate import SPLIT_OFFSET, scene_seed
 from mirroralign.data.store import EpisodeStore, sha256_file
 from mirroralign.errors import UsageError
 from mirroralign.evaluate.rollouts import Episode
-from mirroralign.finetune.awr import advantage_weights, advantages, awr_loss
+from mirroralign.finetune.awr import advantage_weights, advantages, awr_loss, mixed_share
 from mirroralign.finetune.ppo import laplace_kl, laplace_log_ratio, ppo_loss
 from mirroralign.finetune.rewards import (
     ALIGNED_STEPS,
@@ -152,6 +152,9 @@ def test_advantage_weights_by_hand():
     std = np.std(returns)
     np.testing.assert_allclose(advantages(returns, by_scene), [0.5 / std, -0.5 / std, 0.25 / std, 0.25 / std])
     np.testing.assert_allclose(advantages(returns, [0, 0, 0, 0]), [0.25 / std, -0.75 / std, 0.25 / std, 0.25 / std])
+    # the groups that tell their episodes apart: scene 5 of the two; of the variations above, group 0 of three
+    assert mixed_share(returns, by_scene) == 0.5
+    assert mixed_share([1.0, 0.0, 1.0, 1.0, 0.0, 0.0], [0, 0, 1, 1, 2, 2]) == 1 / 3
 
 
 def test_update_batches_mix_demonstrations_and_rollouts_by_demo_fraction():
@@ -383,6 +386,12 @@ def test_tiny_ppo_finetune_steps_within_its_brakes(mirror_run, tiny_dataset, tmp
         assert 1 <= row["updates_done"] < 3 and row["approx_kl"] <= 1e-6 and 0 <= row["clip_fraction"] <= 1
         assert row["kl_start"] >= 0 and math.isfinite(row["policy_loss"])
     assert rows[1]["divergence"] > 0 and not (out / "rollouts").exists()  # on-policy: no buffer kept
+    for i, row in enumerate(rows):  # the share of scenes (the groups) whose repeats' returns differ, by hand
+        outcomes = {}
+        for e in episodes:
+            if e["iteration"] == i:
+                outcomes.setdefault((e["variation_id"], e["k"]), set()).add(e["reward"])
+        assert len(outcomes) == 2 and row["mixed_groups"] == np.mean([len(s) > 1 for s in outcomes.values()])
 
 
 def _final(out):

@@ -37,6 +37,13 @@ def advantages(returns, groups) -> np.ndarray:
     return (returns - baseline) / std if std > 0 else np.zeros_like(returns)
 
 
+def mixed_share(returns, groups) -> float:
+    """The share of groups whose returns differ: the only ones whose advantages tell their episodes apart (with
+    finetune.repeats > 1, the scenes that some noise draws solved and others not)."""
+    returns, groups = np.asarray(returns, dtype=np.float64), np.asarray(groups)
+    return float(np.mean([np.ptp(returns[groups == g]) > 0 for g in np.unique(groups)]))
+
+
 def advantage_weights(returns, groups, temperature: float, max_weight: float) -> np.ndarray:
     """Per episode: weight min(exp(A / beta), max_weight) of its advantage A (`advantages`), or with beta = 0
     (filtered BC) 1 where A > 0 and 0 elsewhere."""

@@ -57,7 +57,7 @@ from mirroralign.data.store import EpisodeStore, write_bytes_atomic
 from mirroralign.envs import check_simulator
 from mirroralign.errors import DataError, UsageError
 from mirroralign.evaluate.rollouts import policy_actions, run_rollouts
-from mirroralign.finetune.awr import advantage_weights, advantages, awr_loss
+from mirroralign.finetune.awr import advantage_weights, advantages, awr_loss, mixed_share
 from mirroralign.finetune.config import load_finetune_config, parent_config, split_overrides
 from mirroralign.finetune.ppo import ppo_loss
 from mirroralign.finetune.rewards import aligned_rewards, correlation, roc_auc, understanding_rewards
@@ -405,7 +405,7 @@ def finetune(run: str | Path, data: str | Path, out: str | Path, reward: str = "
                     losses.append(loss.item())
                 policy.eval()
                 divergence = (policy.act(probe) - initial.act(probe)).abs().mean().item()
-                row = _row(i, records, success, returns, weights, scoring is not None, history, steps,
+                row = _row(i, records, success, returns, groups, weights, scoring is not None, history, steps,
                            env_steps_total, losses, norms, divergence, stats, t_rollout, time.perf_counter() - t0)
                 row["lr"] = optimizer.param_groups[0]["lr"]  # the iteration's last update's
                 if ppo:
@@ -449,15 +449,17 @@ def finetune(run: str | Path, data: str | Path, out: str | Path, reward: str = "
     return out
 
 
-def _row(i, records, success, returns, weights, learned, history, steps, env_steps_total, losses, norms,
+def _row(i, records, success, returns, groups, weights, learned, history, steps, env_steps_total, losses, norms,
          divergence, stats, t_rollout, t_total) -> dict:
     """One metrics.jsonl row: iteration i's rollouts (true success, the reward optimised, for a learned reward its
-    ROC-AUC and correlation against true success, and whether it rose while the AUC fell since iteration 0) and
-    updates (loss, divergence from the starting policy: mean |action difference| on fixed demonstration steps)."""
+    ROC-AUC and correlation against true success, and whether it rose while the AUC fell since iteration 0; the
+    share of advantage groups whose returns differ, the only ones that tell their episodes apart) and updates
+    (loss, divergence from the starting policy: mean |action difference| on fixed demonstration steps)."""
     row = {"step": i + 1, "iteration": i, "episodes": len(records), "env_steps": steps,
            "env_steps_total": env_steps_total, "success_rate": float(success.mean()),
            "reward_mean": float(np.mean(returns)), "weight_mean": float(np.mean(weights)),
            "effective_episodes": float(weights.sum() ** 2 / (weights ** 2).sum()) if weights.any() else 0.0,
+           "mixed_groups": mixed_share(returns, groups),
            "loss": float(np.mean(losses)), "grad_norm": float(np.mean(norms)), "divergence": divergence,
            "worker_restarts": stats["worker_restarts"], "rollout_s": t_rollout, "iteration_s": t_total}
     if learned:
