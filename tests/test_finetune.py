@@ -152,6 +152,11 @@ def test_advantage_weights_by_hand():
     std = np.std(returns)
     np.testing.assert_allclose(advantages(returns, by_scene), [0.5 / std, -0.5 / std, 0.25 / std, 0.25 / std])
     np.testing.assert_allclose(advantages(returns, [0, 0, 0, 0]), [0.25 / std, -0.75 / std, 0.25 / std, 0.25 / std])
+    # uniform_groups=zero (GRPO's): scene 6, all success, has nothing to tell apart, so A = 0 and, as filtered BC,
+    # it is not imitated; scene 5's advantages are unchanged
+    np.testing.assert_allclose(advantages(returns, by_scene, "zero"), [0.5 / std, -0.5 / std, 0, 0])
+    assert advantage_weights(returns, by_scene, 0.0, 20.0, "zero").tolist() == [1, 0, 0, 0]
+    assert advantage_weights(returns, by_scene, 0.0, 20.0).tolist() == [1, 0, 1, 1]  # pooled: imitated
     # the groups that tell their episodes apart: scene 5 of the two; of the variations above, group 0 of three
     assert mixed_share(returns, by_scene) == 0.5
     assert mixed_share([1.0, 0.0, 1.0, 1.0, 0.0, 0.0], [0, 0, 1, 1, 2, 2]) == 1 / 3
@@ -510,6 +515,7 @@ def test_bad_inputs_exit_2_and_write_nothing(mirror_run, tiny_dataset, imported_
         (dict(reward="success", overrides=["finetune.schedule=linear"]), "finetune.schedule must be one of"),
         (dict(reward="success", overrides=["finetune.scenes=test"]), "finetune.scenes must be one of"),
         (dict(reward="success", overrides=["finetune.sampling=greedy"]), "finetune.sampling must be one of"),
+        (dict(reward="success", overrides=["finetune.uniform_groups=drop"]), "finetune.uniform_groups must be one"),
         (dict(reward="success", overrides=["finetune.buffer=-1"]), "finetune.buffer must be >= 0"),
         (dict(reward="success", overrides=["finetune.iterations=150000", "finetune.episodes=2"]),
          "run past the train split's scene seeds"),

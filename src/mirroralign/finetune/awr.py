@@ -23,18 +23,24 @@ import numpy as np
 import torch
 
 
-def advantages(returns, groups) -> np.ndarray:
+def advantages(returns, groups, uniform: str = "pooled") -> np.ndarray:
     """Per episode: A = (R - baseline) / std of all R (std 0: A = 0), the baseline the mean R of its group (the
     same instruction's rollouts; with finetune.repeats > 1 the same scene's, so that A is what the exploration noise
-    did rather than how hard the layout was), or the mean of all R where the group's returns do not vary: within
-    such a group nothing tells its episodes apart, so a group all of whose rollouts succeeded is compared with the
-    others (and imitated) rather than dropped, and one all of whose rollouts failed is not imitated."""
+    did rather than how hard the layout was). Where a group's returns do not vary nothing tells its episodes apart;
+    `uniform` says what such a group's episodes get: "pooled", the mean of all R as baseline, so that a group all of
+    whose rollouts succeeded is compared with the others (and imitated) rather than dropped, and one all of whose
+    rollouts failed is not imitated; "zero", A = 0, as GRPO's group-normalised advantage (with repeats, a scene's
+    outcome that no noise draw changed says how easy the layout is, not what the exploration did)."""
     returns, groups = np.asarray(returns, dtype=np.float64), np.asarray(groups)
     of_group = {g: returns[groups == g] for g in np.unique(groups)}
-    means = {g: r.mean() if np.ptp(r) > 0 else returns.mean() for g, r in of_group.items()}
+    varies = {g: np.ptp(r) > 0 for g, r in of_group.items()}
+    means = {g: r.mean() if varies[g] else returns.mean() for g, r in of_group.items()}
     baseline = np.array([means[g] for g in groups])
     std = returns.std()
-    return (returns - baseline) / std if std > 0 else np.zeros_like(returns)
+    advantage = (returns - baseline) / std if std > 0 else np.zeros_like(returns)
+    if uniform == "zero":
+        advantage[~np.array([varies[g] for g in groups], dtype=bool)] = 0.0
+    return advantage
 
 
 def mixed_share(returns, groups) -> float:
@@ -44,10 +50,10 @@ def mixed_share(returns, groups) -> float:
     return float(np.mean([np.ptp(returns[groups == g]) > 0 for g in np.unique(groups)]))
 
 
-def advantage_weights(returns, groups, temperature: float, max_weight: float) -> np.ndarray:
+def advantage_weights(returns, groups, temperature: float, max_weight: float, uniform: str = "pooled") -> np.ndarray:
     """Per episode: weight min(exp(A / beta), max_weight) of its advantage A (`advantages`), or with beta = 0
     (filtered BC) 1 where A > 0 and 0 elsewhere."""
-    advantage = advantages(returns, groups)
+    advantage = advantages(returns, groups, uniform)
     if temperature == 0:
         return (advantage > 0).astype(np.float64)
     return np.minimum(np.exp(advantage / temperature), max_weight)

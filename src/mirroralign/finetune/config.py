@@ -19,6 +19,7 @@ ALGOS = ("awr", "ppo")
 SCHEDULES = ("constant", "cosine")
 SCENES = ("fresh", "demonstrated")
 SAMPLINGS = ("weighted", "uniform")
+UNIFORM_GROUPS = ("pooled", "zero")
 
 
 @dataclass
@@ -30,6 +31,9 @@ class FinetuneConfig:
     repeats: int = 1  # rollouts of each train scene (a divisor of episodes), each exploring with its own noise; > 1:
     # an episode's baseline is its own scene's rollouts (as GRPO's group: one prompt, several samples), so that its
     # advantage tells what the noise did from how hard the layout is
+    uniform_groups: str = "pooled"  # the advantage of a group whose returns do not vary: pooled, against the mean of
+    # all rollouts (an all-success group is imitated, an all-failure one not); zero, none (GRPO's: with repeats, an
+    # outcome no noise draw changed tells how easy the layout is, not what the exploration did)
     scenes: str = "fresh"  # train scenes rolled out: fresh (after the demonstrations' last, layouts the policy was
     # never shown) | demonstrated (from the first, the demonstrations' own layouts; before 2026-12-03 the only choice)
     updates: int = 60  # gradient steps per iteration
@@ -97,6 +101,8 @@ def load_finetune_config(preset: str, overrides) -> FinetuneConfig:
         (ft.repeats >= 1 and ft.episodes % ft.repeats == 0, f"finetune.repeats must divide finetune.episodes "
                                                             f"({ft.episodes}), got {ft.repeats}"),
         (ft.scenes in SCENES, f"finetune.scenes must be one of {', '.join(SCENES)}, got {ft.scenes!r}"),
+        (ft.uniform_groups in UNIFORM_GROUPS, f"finetune.uniform_groups must be one of {', '.join(UNIFORM_GROUPS)}, "
+                                              f"got {ft.uniform_groups!r}"),
         (ft.sampling in SAMPLINGS, f"finetune.sampling must be one of {', '.join(SAMPLINGS)}, got {ft.sampling!r}"),
         (ft.batch_size >= 2 and 0 <= ft.demo_fraction <= 1, "finetune.batch_size must be >= 2 and "
                                                             "finetune.demo_fraction in [0, 1]"),
