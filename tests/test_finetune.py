@@ -140,13 +140,15 @@ def test_advantage_weights_by_hand():
     returns, groups = [1.0, 0.0, 1.0, 1.0, 0.0, 0.0], [0, 0, 1, 1, 2, 2]
     # baselines: group 0 its mean 0.5; groups 1 and 2 do not vary, so the mean of all, 0.5; std over all returns
     a = 0.5 / np.std(returns)
-    np.testing.assert_allclose(advantage_weights(returns, groups, 1.0, 100.0), np.exp([a, -a, a, a, -a, -a]))
-    np.testing.assert_allclose(advantage_weights(returns, groups, 0.5, 2.0), [2.0, np.exp(-2 * a), 2.0, 2.0,
-                                                                              np.exp(-2 * a), np.exp(-2 * a)])
+    advantage = advantages(returns, groups)
+    np.testing.assert_allclose(advantage_weights(advantage, 1.0, 100.0), np.exp([a, -a, a, a, -a, -a]))
+    np.testing.assert_allclose(advantage_weights(advantage, 0.5, 2.0), [2.0, np.exp(-2 * a), 2.0, 2.0,
+                                                                         np.exp(-2 * a), np.exp(-2 * a)])
     # filtered BC: the variation that always succeeded is imitated, the one that always failed is not
-    assert advantage_weights(returns, groups, 0.0, 20.0).tolist() == [1, 0, 1, 1, 0, 0]
-    assert advantage_weights([0.3, 0.3], [0, 0], 1.0, 20.0).tolist() == [1, 1]  # no spread at all: all alike
-    assert advantage_weights([0.3, 0.3], [0, 0], 0.0, 20.0).tolist() == [0, 0]
+    assert advantage_weights(advantage, 0.0, 20.0).tolist() == [1, 0, 1, 1, 0, 0]
+    flat = advantages([0.3, 0.3], [0, 0])
+    assert advantage_weights(flat, 1.0, 20.0).tolist() == [1, 1]  # no spread at all: all alike
+    assert advantage_weights(flat, 0.0, 20.0).tolist() == [0, 0]
     # finetune.repeats > 1: the groups are scenes ("variation/k"); one variation, scene 5 mixed, scene 6 all success
     returns, by_scene = [1.0, 0.0, 1.0, 1.0], ["0/5", "0/5", "0/6", "0/6"]
     std = np.std(returns)
@@ -155,8 +157,8 @@ def test_advantage_weights_by_hand():
     # uniform_groups=zero (GRPO's): scene 6, all success, has nothing to tell apart, so A = 0 and, as filtered BC,
     # it is not imitated; scene 5's advantages are unchanged
     np.testing.assert_allclose(advantages(returns, by_scene, "zero"), [0.5 / std, -0.5 / std, 0, 0])
-    assert advantage_weights(returns, by_scene, 0.0, 20.0, "zero").tolist() == [1, 0, 0, 0]
-    assert advantage_weights(returns, by_scene, 0.0, 20.0).tolist() == [1, 0, 1, 1]  # pooled: imitated
+    assert advantage_weights(advantages(returns, by_scene, "zero"), 0.0, 20.0).tolist() == [1, 0, 0, 0]
+    assert advantage_weights(advantages(returns, by_scene), 0.0, 20.0).tolist() == [1, 0, 1, 1]  # pooled: imitated
     # the groups that tell their episodes apart: scene 5 of the two; of the variations above, group 0 of three
     assert mixed_share(returns, by_scene) == 0.5
     assert mixed_share([1.0, 0.0, 1.0, 1.0, 0.0, 0.0], [0, 0, 1, 1, 2, 2]) == 1 / 3

@@ -23,6 +23,12 @@ import numpy as np
 import torch
 
 
+def varying_groups(returns, groups) -> dict:
+    """{group: whether its returns differ}: only such a group tells its episodes apart."""
+    returns, groups = np.asarray(returns, dtype=np.float64), np.asarray(groups)
+    return {g: bool(np.ptp(returns[groups == g]) > 0) for g in np.unique(groups)}
+
+
 def advantages(returns, groups, uniform: str = "pooled") -> np.ndarray:
     """Per episode: A = (R - baseline) / std of all R (std 0: A = 0), the baseline the mean R of its group (the
     same instruction's rollouts; with finetune.repeats > 1 the same scene's, so that A is what the exploration noise
@@ -32,9 +38,8 @@ def advantages(returns, groups, uniform: str = "pooled") -> np.ndarray:
     rollouts failed is not imitated; "zero", A = 0, as GRPO's group-normalised advantage (with repeats, a scene's
     outcome that no noise draw changed says how easy the layout is, not what the exploration did)."""
     returns, groups = np.asarray(returns, dtype=np.float64), np.asarray(groups)
-    of_group = {g: returns[groups == g] for g in np.unique(groups)}
-    varies = {g: np.ptp(r) > 0 for g, r in of_group.items()}
-    means = {g: r.mean() if varies[g] else returns.mean() for g, r in of_group.items()}
+    varies = varying_groups(returns, groups)
+    means = {g: returns[groups == g].mean() if v else returns.mean() for g, v in varies.items()}
     baseline = np.array([means[g] for g in groups])
     std = returns.std()
     advantage = (returns - baseline) / std if std > 0 else np.zeros_like(returns)
@@ -46,14 +51,13 @@ def advantages(returns, groups, uniform: str = "pooled") -> np.ndarray:
 def mixed_share(returns, groups) -> float:
     """The share of groups whose returns differ: the only ones whose advantages tell their episodes apart (with
     finetune.repeats > 1, the scenes that some noise draws solved and others not)."""
-    returns, groups = np.asarray(returns, dtype=np.float64), np.asarray(groups)
-    return float(np.mean([np.ptp(returns[groups == g]) > 0 for g in np.unique(groups)]))
+    return float(np.mean(list(varying_groups(returns, groups).values())))
 
 
-def advantage_weights(returns, groups, temperature: float, max_weight: float, uniform: str = "pooled") -> np.ndarray:
+def advantage_weights(advantage, temperature: float, max_weight: float) -> np.ndarray:
     """Per episode: weight min(exp(A / beta), max_weight) of its advantage A (`advantages`), or with beta = 0
     (filtered BC) 1 where A > 0 and 0 elsewhere."""
-    advantage = advantages(returns, groups, uniform)
+    advantage = np.asarray(advantage, dtype=np.float64)
     if temperature == 0:
         return (advantage > 0).astype(np.float64)
     return np.minimum(np.exp(advantage / temperature), max_weight)

@@ -362,9 +362,9 @@ def finetune(run: str | Path, data: str | Path, out: str | Path, reward: str = "
             success = np.array([r["success"] for r in records], dtype=float)
             returns = success if scoring is None else scoring(records)
             groups = [f"{r['variation']}/{r['k']}" if ft.repeats > 1 else r["variation"] for r in records]
-            weights = advantage_weights(returns, groups, ft.temperature, ft.max_weight, ft.uniform_groups)
-            episodes = RolloutSteps.episodes_of(records, store, weights, advantages(returns, groups,
-                                                                                    ft.uniform_groups))
+            advantage = advantages(returns, groups, ft.uniform_groups)
+            weights = advantage_weights(advantage, ft.temperature, ft.max_weight)
+            episodes = RolloutSteps.episodes_of(records, store, weights, advantage)
             if buffered:
                 window = buffer_window(ft.buffer, i)  # read back from disk only on a resume
                 kept = {j: kept[j] if j in kept else load_kept(out, j, buffer_sha.get(j)) for j in window}
