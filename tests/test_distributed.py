@@ -121,7 +121,9 @@ def _start_and_kill_after_first_checkpoint(command: list, out: Path) -> int:
     proc = subprocess.Popen([*map(str, command), "--out", str(out)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 540  # generous: a loaded 2-core machine is many times slower than an idle one
-    while not (out / "checkpoints" / "step_0000010.json").exists() and time.time() < deadline:
+    # latest.json, not step_0000010.json: the step's record is written before latest.json, and a kill between the
+    # two would leave no checkpoint to resume from yet
+    while not (out / "checkpoints" / "latest.json").exists() and time.time() < deadline:
         time.sleep(0.02)
     # torchrun starts each worker in a session of its own, so killing its process group would leave the workers
     # training on (and finishing the run before the resume under test): kill them by id, then torchrun

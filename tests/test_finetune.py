@@ -548,11 +548,12 @@ def test_reward_hacking_is_flagged_when_the_reward_rises_while_its_auc_falls():
 
     def row(returns, success, history):
         returns, success = np.array(returns), np.array(success, dtype=float)
-        return _row(len(history), [{}] * len(returns), success, returns, np.ones(len(returns)), True, history,
-                    10, 10, [0.1], [1.0], 0.0, {"worker_restarts": 0}, 1.0, 1.0)
+        groups = np.zeros(len(returns), dtype=int)  # one advantage group
+        return _row(len(history), [{}] * len(returns), success, returns, groups, np.ones(len(returns)), True,
+                    history, 10, 10, [0.1], [1.0], 0.0, {"worker_restarts": 0}, 1.0, 1.0)
 
     first = row([0.2, 0.6, 0.1, 0.5], [0, 1, 0, 1], [])  # AUC 1.0, mean 0.35
-    assert first["reward_auc"] == 1.0 and not first["reward_hacking"]
+    assert first["reward_auc"] == 1.0 and first["mixed_groups"] == 1.0 and not first["reward_hacking"]
     assert row([0.9, 0.6, 0.8, 0.7], [0, 1, 0, 1], [first])["reward_hacking"]  # mean 0.75, AUC 0.25
     assert not row([0.1, 0.2, 0.05, 0.3], [0, 1, 0, 1], [first])["reward_hacking"]  # reward fell
     assert not row([0.2, 0.9, 0.1, 0.8], [0, 1, 0, 1], [first])["reward_hacking"]  # reward rose, AUC held
