@@ -439,11 +439,15 @@ def rl_pilot_lines(pilots: dict[str, dict]) -> list[str]:
             code = f"code {', '.join(pilot['seed_commits'])}; " if pilot.get("seed_commits") else ""
             lines.append(f"- Pilot `{name}` (reward {reward}; {code}overrides {', '.join(pilot['overrides'])}; "
                          f"{pilot['episodes_per_variation']} test scenes per variation): {per_seed}.")
-            for s, series, divergence in zip(pilot["seeds"], r.get("train_success_per_iteration", []),
-                                             r.get("divergence_per_iteration", [])):
+            mixed_series = r.get("mixed_groups_per_iteration") or [None] * len(pilot["seeds"])
+            for s, series, divergence, mixed in zip(pilot["seeds"], r.get("train_success_per_iteration", []),
+                                                    r.get("divergence_per_iteration", []), mixed_series):
                 rates = ", ".join(f"{100 * x:.0f}" for x in series)
-                lines.append(f"  Seed {s}, per iteration: on-policy success {rates} %; divergence from the start "
-                             f"{divergence[0]:.3f} -> {divergence[-1]:.3f}.")
+                # the advantage groups whose returns differ (recorded since 2026-12-07)
+                shares = ", ".join(f"{100 * x:.0f}" for x in mixed) if mixed and None not in mixed else None
+                lines.append(f"  Seed {s}, per iteration: on-policy success {rates} %; "
+                             + (f"groups with mixed outcomes {shares} %; " if shares else "")
+                             + f"divergence from the start {divergence[0]:.3f} -> {divergence[-1]:.3f}.")
     head = ("Pilots (they chose the design; not part of the results). Code before ba5816b / 3e90654 (2026-12-03) "
             "rolled out on the demonstrations' own train scenes and drew rollout steps alike (today's "
             "`finetune.scenes=demonstrated`, `finetune.sampling=uniform`); later code defaults to fresh scenes and "

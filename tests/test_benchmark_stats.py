@@ -305,6 +305,11 @@ def test_rl_finetune_results_pair_before_and_after_by_seed_and_reach_benchmarks_
                             "  Seed 2, per iteration: on-policy success 25, 12, 50 %; divergence from the start "
                             "0.010 -> 0.034."]
     assert lines[-5].startswith("Pilots (they chose the design") and lines[-1] == ""
+    for r in pilot["rewards"].values():  # recorded since 2026-12-07
+        r["mixed_groups_per_iteration"] = [[0.5, 0.25, 1.0]]
+    assert write_benchmarks_md.rl_section(None, {"rl_pilot_lr": pilot})[-2] == (
+        "  Seed 2, per iteration: on-policy success 25, 12, 50 %; groups with mixed outcomes 50, 25, 100 %; "
+        "divergence from the start 0.010 -> 0.034.")
 
 
 def test_the_calibration_outcome_checks_the_benchmarks_own_baselines_against_the_targets():
