@@ -331,6 +331,16 @@ def test_repeats_roll_each_scene_out_several_times_with_noise_of_its_own():
     np.testing.assert_array_equal(noise[0], expected)
 
 
+def test_a_scene_pool_rolls_the_same_layouts_out_again():
+    # pool 4 with 2 scenes an iteration: iterations 0, 1 cover the pool, 2 and 3 repeat them; pool = scenes: the
+    # same scenes every iteration (the noise differs: it is seeded by the iteration too)
+    ks = [[k for v, k, _, r in rollout_plan([0], 4, i, 0, 10, repeats=2, pool=4) if r == 0] for i in range(4)]
+    assert ks == [[10, 11], [12, 13], [10, 11], [12, 13]]
+    same = [rollout_plan([0, 4], 4, i, 0, 10, pool=4) for i in range(3)]
+    assert same[0] == same[1] == same[2] and [k for _, k, _, _ in same[0]] == [10, 11, 12, 13] * 2
+    assert rollout_plan([0], 4, 5, 0, 10, pool=0) == rollout_plan([0], 4, 5, 0, 10)  # 0: new scenes, as before
+
+
 # ------------------------------------------------------------------------------------------------ end to end
 
 def _finetune(*args, out, reward="success"):
@@ -456,11 +466,15 @@ def test_killed_ppo_finetune_resumes_exactly(mirror_run, tiny_dataset, tmp_path)
     """PPO's own per-iteration state (the acting policy's chunks, the early stop at target_kl) is rebuilt on a
     resume from the checkpoint alone: the same rollouts, the same number of updates, the same weights."""
     args = ["finetune", "--run", mirror_run, "--data", tiny_dataset, "--reward", "success", "--preset", "tiny",
-            "--algo", "ppo", *SMALL, "finetune.target_kl=0.02"]  # tight enough that some iterations stop early
+            "--algo", "ppo", *SMALL, "finetune.target_kl=0.02",  # tight enough that some iterations stop early
+            "finetune.scene_pool=2"]  # tiny's 2 episodes a variation: the same 2 scenes every iteration
     r = run_cli(*args, "--out", tmp_path / "straight")
     assert r.returncode == 0, r.stderr
     step, weights, rows, episodes = _final(tmp_path / "straight")
     assert step == 3 and [row["step"] for row in rows] == [1, 2, 3]
+    scenes = [(e["iteration"], e["variation_id"], e["k"]) for e in map(json.loads, episodes.splitlines())]
+    per_iteration = [sorted((v, k) for j, v, k in scenes if j == i) for i in range(3)]
+    assert per_iteration[0] == per_iteration[1] == per_iteration[2] and len(per_iteration[0]) == 4
     done = [row["updates_done"] for row in rows]
     assert min(done) < 3 and all(d >= 1 for d in done), done  # the early stop is part of what must resume exactly
     code, _ = _stopped(args, tmp_path / "killed", signal.SIGKILL)
@@ -524,6 +538,9 @@ def test_bad_inputs_exit_2_and_write_nothing(mirror_run, tiny_dataset, imported_
         (dict(reward="success", overrides=["finetune.iterations=300000", "finetune.repeats=2"]),
          "run past the train split's scene seeds"),  # 300000 x 2 / 2 scenes from k0 > 0: still too many
         (dict(reward="success", overrides=["finetune.repeats=3"]), r"finetune.repeats must divide finetune.episodes"),
+        (dict(reward="success", overrides=["finetune.scene_pool=1"]), "scene_pool must be 0 or at least"),  # 2 a go
+        (dict(reward="success", overrides=["finetune.scene_pool=300000", "finetune.iterations=300000"]),
+         "run past the train split's scene seeds"),
         (dict(reward="success", overrides=["finetune.variations=[nope]"]), "does not have: nope"),
         (dict(reward="success", overrides=["eval.max_steps=0"]), "eval.max_steps"),
         (dict(reward="nope"), "--reward must be one of"),

@@ -36,6 +36,9 @@ class FinetuneConfig:
     # outcome no noise draw changed tells how easy the layout is, not what the exploration did)
     scenes: str = "fresh"  # train scenes rolled out: fresh (after the demonstrations' last, layouts the policy was
     # never shown) | demonstrated (from the first, the demonstrations' own layouts; before 2026-12-03 the only choice)
+    scene_pool: int = 0  # 0: every iteration new train scenes; N (>= episodes / repeats): the scenes cycle through N
+    # layouts per variation, so the on-policy success of iterations that roll out the same ones can be compared (can
+    # the algorithm improve the policy on layouts it practises? with N = episodes / repeats: the same every iteration)
     updates: int = 60  # gradient steps per iteration
     batch_size: int = 32
     demo_fraction: float = 0.5  # of each batch: demonstration steps (the rest: this iteration's rollout steps);
@@ -100,6 +103,9 @@ def load_finetune_config(preset: str, overrides) -> FinetuneConfig:
                            f"variation's rollouts), got {ft.episodes}"),
         (ft.repeats >= 1 and ft.episodes % ft.repeats == 0, f"finetune.repeats must divide finetune.episodes "
                                                             f"({ft.episodes}), got {ft.repeats}"),
+        (ft.scene_pool == 0 or ft.scene_pool >= ft.episodes // max(ft.repeats, 1),
+         f"finetune.scene_pool must be 0 or at least the scenes an iteration rolls out (episodes / repeats = "
+         f"{ft.episodes // max(ft.repeats, 1)}), got {ft.scene_pool}"),
         (ft.scenes in SCENES, f"finetune.scenes must be one of {', '.join(SCENES)}, got {ft.scenes!r}"),
         (ft.uniform_groups in UNIFORM_GROUPS, f"finetune.uniform_groups must be one of {', '.join(UNIFORM_GROUPS)}, "
                                               f"got {ft.uniform_groups!r}"),

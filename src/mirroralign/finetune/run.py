@@ -6,7 +6,8 @@ layout as `train`'s (step = iteration), so `evaluate` and `analyze` take it as a
 scenes it never saw.
 
 Iteration i: (1) roll the policy out with Laplace exploration noise, `episodes` rollouts per variation: S =
-episodes / repeats train scenes, k = k0 + i * S + j (k0: see `first_scene`), each `repeats` times, the noise of
+episodes / repeats train scenes, k = k0 + i * S + j (k0: see `first_scene`; with `scene_pool` N, k0 + (i * S + j)
+mod N), each `repeats` times, the noise of
 repeat r drawn from an RNG seeded by (seed, i, v, k, r), its chunks from a forward pass of its own (a batch of
 one), so that no episode depends on which others the workers happen to run beside it; (2) reward them (the
 advantage's baseline: the variation's rollouts, or with repeats > 1 the scene's) and measure the learned reward
@@ -74,14 +75,15 @@ def first_scene(store: EpisodeStore, scenes: str) -> int:
 
 
 def rollout_plan(variations: list[int], episodes: int, iteration: int, data_seed: int, first: int = 0,
-                 repeats: int = 1) -> list[tuple[int, int, int, int]]:
-    """(variation, k, scene seed, repeat) of iteration i's rollouts: `episodes // repeats` train scenes
-    k = first + i * episodes // repeats + j, each rolled out `repeats` times, never a test one (the caller keeps k
-    below the val split's offset)."""
+                 repeats: int = 1, pool: int = 0) -> list[tuple[int, int, int, int]]:
+    """(variation, k, scene seed, repeat) of iteration i's rollouts: S = `episodes // repeats` train scenes
+    k = first + i * S + j, each rolled out `repeats` times, never a test one (the caller keeps k below the val
+    split's offset); with `pool` = N > 0 (>= S) they cycle through N scenes, k = first + (i * S + j) mod N, so that
+    the policy practises the same layouts again (with N = S, the same ones every iteration)."""
     scenes = episodes // repeats
-    start = first + iteration * scenes
-    return [(v, k, scene_seed(data_seed, "train", k), r) for v in variations for k in range(start, start + scenes)
-            for r in range(repeats)]
+    ks = [iteration * scenes + j for j in range(scenes)]
+    ks = [first + (k % pool if pool else k) for k in ks]
+    return [(v, k, scene_seed(data_seed, "train", k), r) for v in variations for k in ks for r in range(repeats)]
 
 
 def exploring_act(ft, iteration: int, clip: bool):
@@ -291,9 +293,10 @@ def finetune(run: str | Path, data: str | Path, out: str | Path, reward: str = "
     rolled = sorted(store.variation_index[v] for v in ft.variations) or list(range(len(store.variations)))
     first = first_scene(store, ft.scenes)
     scenes = ft.iterations * ft.episodes // ft.repeats
+    scenes = min(scenes, ft.scene_pool or scenes)
     if first + scenes > SPLIT_OFFSET["val"]:
-        raise UsageError(f"finetune.iterations * finetune.episodes / finetune.repeats ({scenes}) train scenes from "
-                         f"{first} on run past the train split's scene seeds ({SPLIT_OFFSET['val']})")
+        raise UsageError(f"the fine-tune's {scenes} train scenes (finetune.scene_pool, or iterations * episodes / "
+                         f"repeats) from {first} on run past the train split's scene seeds ({SPLIT_OFFSET['val']})")
     judge = _validated_scorer(scorer, store, ft.reward) if scorer is not None else None
     config = parent_config(parent.config, theirs)
     out = Path(out)
@@ -357,7 +360,8 @@ def finetune(run: str | Path, data: str | Path, out: str | Path, reward: str = "
             t0 = time.perf_counter()
             policy.eval()
             records, stats = run_rollouts(policy, store, config, progress=False,
-                                          plan=rollout_plan(rolled, ft.episodes, i, data_seed, first, ft.repeats),
+                                          plan=rollout_plan(rolled, ft.episodes, i, data_seed, first, ft.repeats,
+                                                            ft.scene_pool),
                                           act=exploring_act(ft, i, clip))
             success = np.array([r["success"] for r in records], dtype=float)
             returns = success if scoring is None else scoring(records)
