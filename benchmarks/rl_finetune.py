@@ -161,9 +161,10 @@ def main() -> None:
     if todo:
         generated(args.preset, data)
     for seed in sorted({s for s, _ in todo}):  # what a seed's rewards start from, once, before they run at once
-        execute, _ = baseline(seed, data, args.root, args.preset)
-        if (seed, "aligned") in todo:
-            scorer_of("aligned", seed, data, args.root, args.preset)
+        execute = baseline(seed, data, args.root, args.preset)
+        for reward in ("understanding", "aligned"):  # trained here, not by two parts at once
+            if (seed, reward) in todo:
+                scorer_of(reward, seed, data, args.root, args.preset)
         evaluated_on(execute, data, args.root, args.variations, args.episodes)
         if args.all_variations:
             evaluated(execute, data, args.root)
@@ -194,10 +195,10 @@ def summarise(done: list[tuple[int, dict]], seeds_planned: list[int]) -> dict:
                         for reward, r in rewards.items()}}
 
 
-def baseline(seed: int, data: Path, root: Path, preset: str) -> tuple[Path, Path]:
-    """The baseline execute run and the understand run that scores for it."""
-    config = config_for(preset, seed, [])
-    return trained(config, "execute", data, root), trained(config, "understand", data, root)
+def baseline(seed: int, data: Path, root: Path, preset: str, mode: str = "execute") -> Path:
+    """The seed's baseline execute run (what is fine-tuned) or its understand run (what scores for it): trained only
+    where a reward needs it (the success arm alone needs no understand run)."""
+    return trained(config_for(preset, seed, []), mode, data, root)
 
 
 def scorer_of(reward: str, seed: int, data: Path, root: Path, preset: str) -> Path | None:
@@ -206,14 +207,14 @@ def scorer_of(reward: str, seed: int, data: Path, root: Path, preset: str) -> Pa
     if reward == "success":
         return None
     if reward == "understanding":
-        return baseline(seed, data, root, preset)[1]
+        return baseline(seed, data, root, preset, "understand")
     return trained(config_for(preset, seed, ["align.positives=instruction"]), "mirror", data, root)
 
 
 def run_reward(seed: int, reward: str, data: Path, args: argparse.Namespace, overrides: list[str]) -> dict:
     """Success before and after fine-tuning with one reward (in percent, on the fine-tuned variations; with
     --all-variations on all of them too) and the fine-tune's summary."""
-    execute, _ = baseline(seed, data, args.root, args.preset)
+    execute = baseline(seed, data, args.root, args.preset)
     t0 = time.perf_counter()
     ft = finetuned(execute, scorer_of(reward, seed, data, args.root, args.preset), reward, data, args.root,
                    args.preset, overrides)
