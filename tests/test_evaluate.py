@@ -147,6 +147,24 @@ def test_evaluate_rolls_out_only_the_variations_asked_on_the_same_test_scenes(mi
     assert m["recognition"]["n"] == 6  # recognition still scores every test clip
 
 
+def test_rollouts_without_the_observer_leave_the_agent_frames_and_outcomes_unchanged(mirror_run):
+    """observe=False (a `success` fine-tune, which scores no clip) renders no observer camera; what the policy sees,
+    does and achieves is the same rollout as with it (the observer's pose is drawn from the scene seed alone)."""
+    loaded = load_run(mirror_run)
+    config = loaded.config
+    config.eval.max_steps, config.eval.workers = 12, 1
+    policy = loaded.models["execution"].eval()
+    (seen,), _ = run_rollouts(policy, loaded.store, config, episodes=1, variations=[1], progress=False)
+    (blind,), _ = run_rollouts(policy, loaded.store, config, episodes=1, variations=[1], progress=False, observe=False)
+    observer = f"observer.{loaded.store.manifest['cameras']['observer'][0]}"
+    assert observer in seen["arrays"] and not any(k.startswith("observer.") for k in blind["arrays"])
+    assert seen["arrays"].keys() - {observer} == blind["arrays"].keys()
+    for key, value in blind["arrays"].items():
+        assert np.array_equal(value, seen["arrays"][key]), key
+    assert (seen["success"], seen["steps"], seen["scene_seed"]) == (blind["success"], blind["steps"],
+                                                                    blind["scene_seed"])
+
+
 @pytest.mark.parametrize("fault", [signal.SIGKILL, signal.SIGSTOP], ids=["crash", "hang"])
 def test_rollouts_survive_a_worker_crash_or_hang(mirror_run, fault):
     loaded = load_run(mirror_run)

@@ -4,7 +4,8 @@ Each worker owns its environments and runs one episode at a time: it sends obser
 predicts action chunks for every worker waiting, and the worker executes `execute_steps` of its chunk. A
 worker that crashes or stays silent past the timeout is replaced and its episode started again, so a run
 never hangs. Every rollout keeps its observer-view clip (so the understanding model can be asked what the
-policy did) and its agent-view frames, written to the store format.
+policy did) and its agent-view frames, written to the store format; a caller that needs no clip (a fine-tune with
+the `success` reward) leaves the observer unrendered, about a third of a step's simulator time.
 """
 
 from __future__ import annotations
@@ -110,14 +111,16 @@ class _Slot:
 
 def run_rollouts(policy, store, config: Config, seed: int = 0, episodes: int | None = None,
                  variations: list[int] | None = None, progress: bool = True,
-                 plan: list[tuple[int, ...]] | None = None, act=None) -> tuple[list[dict], dict]:
+                 plan: list[tuple[int, ...]] | None = None, act=None,
+                 observe: bool = True) -> tuple[list[dict], dict]:
     """Roll `policy` out on the test scenes of every variation; returns (records, stats). Each record holds
-    variation, k, repeat, scene seed, success, steps, and the arrays of the rollout. `plan` replaces the test scenes
-    by (variation, k, scene seed[, repeat]) tuples (finetune: train scenes, each maybe more than once); `act`
-    replaces `policy_actions` (same signature)."""
+    variation, k, repeat, scene seed, success, steps, and the arrays of the rollout (`observer.<camera>` only where
+    `observe`: the agent's frames and the outcome do not depend on it). `plan` replaces the test scenes by
+    (variation, k, scene seed[, repeat]) tuples (finetune: train scenes, each maybe more than once); `act` replaces
+    `policy_actions` (same signature)."""
     v = config.eval
     cams = store.manifest["cameras"]
-    agent, observer = cams["agent"], cams["observer"]
+    agent, observer = cams["agent"], cams["observer"] if observe else []
     n = v.episodes if episodes is None else episodes
     if plan is None:
         plan = [(i, k, scene_seed(seed, "test", k))
@@ -170,7 +173,7 @@ def run_rollouts(policy, store, config: Config, seed: int = 0, episodes: int | N
                     ep = slot.episode
                     ep.frames += reply["frames"] + [reply["obs"]]
                     if reply["done"]:
-                        records.append(_record(store, ep, reply))
+                        records.append(_record(store, ep, reply, observer))
                         bar.update(1)
                         assign(slot)
                     else:
@@ -209,10 +212,10 @@ def policy_actions(policy, store, config: Config, episodes: list[Episode], devic
     return policy.act(batch).cpu().numpy()
 
 
-def _record(store, ep: Episode, reply: dict) -> dict:
-    cams = store.manifest["cameras"]
-    arrays = {f"observer.{c}": np.stack([f["observer"][i] for f in ep.frames]) for i, c in enumerate(cams["observer"])}
-    arrays |= {f"agent.{c}": np.stack([f["agent"][i] for f in ep.frames]) for i, c in enumerate(cams["agent"])}
+def _record(store, ep: Episode, reply: dict, observer: list[str]) -> dict:
+    arrays = {f"observer.{c}": np.stack([f["observer"][i] for f in ep.frames]) for i, c in enumerate(observer)}
+    arrays |= {f"agent.{c}": np.stack([f["agent"][i] for f in ep.frames])
+               for i, c in enumerate(store.manifest["cameras"]["agent"])}
     arrays["proprio"] = np.stack([f["proprio"] for f in ep.frames])
     arrays["actions"] = np.stack(ep.actions[: len(ep.frames) - 1]).astype(np.float32)  # as predicted (unclipped)
     return {"variation": ep.variation, "variation_id": store.variations[ep.variation].id, "k": ep.k,

@@ -362,7 +362,7 @@ def finetune(run: str | Path, data: str | Path, out: str | Path, reward: str = "
             records, stats = run_rollouts(policy, store, config, progress=False,
                                           plan=rollout_plan(rolled, ft.episodes, i, data_seed, first, ft.repeats,
                                                             ft.scene_pool),
-                                          act=exploring_act(ft, i, clip))
+                                          act=exploring_act(ft, i, clip), observe=scoring is not None)
             success = np.array([r["success"] for r in records], dtype=float)
             returns = success if scoring is None else scoring(records)
             groups = [f"{r['variation']}/{r['k']}" if ft.repeats > 1 else r["variation"] for r in records]
