@@ -519,6 +519,9 @@ def cost_section() -> list[str]:
                           ("seed_cost", "`python benchmarks/seed_cost.py` (one seed of the `fine` benchmark, before and "
                                         "after the changes that halve it, composed from stage units timed in one "
                                         "run; see the script's docstring)"),
+                          ("rollout_cost", "`python benchmarks/rollout_cost.py` (simulator CPU per rollout step with "
+                                           "and without the observer camera, which a `success` fine-tune leaves "
+                                           "unrendered)"),
                           ("reliability", "`python benchmarks/reliability.py`")]:
         md = RESULTS / f"{name}.md"
         if md.is_file():
