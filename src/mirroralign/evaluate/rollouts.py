@@ -5,7 +5,7 @@ predicts action chunks for every worker waiting, and the worker executes `execut
 worker that crashes or stays silent past the timeout is replaced and its episode started again, so a run
 never hangs. Every rollout keeps its observer-view clip (so the understanding model can be asked what the
 policy did) and its agent-view frames, written to the store format; a caller that needs no clip (a fine-tune with
-the `success` reward) leaves the observer unrendered, about a third of a step's simulator time.
+the `success` reward) leaves the observer unrendered: ~30 % of a step's simulator time (benchmarks/rollout_cost.py).
 """
 
 from __future__ import annotations
